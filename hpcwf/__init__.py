@@ -1,0 +1,2 @@
+"""hpcwf: transferable neural wavefunctions from Hartree-Fock orbital descriptors."""
+__version__ = "0.1.0"
