@@ -1,0 +1,538 @@
+"""Job files: parsing, validation and the fully resolved configuration.
+
+A job file is TOML (see docs/config.md). `load_job` turns it into a frozen `JobConfig`,
+reporting every mistake as a `ConfigError` that names the file and the offending key, so
+that a typo is caught before any expensive Hartree-Fock or compilation work starts.
+
+Defaults live in exactly one place: the field defaults of the section dataclasses below.
+The parser walks those fields (type hints give the expected type, field metadata gives the
+allowed range or choices), so adding a key means adding one dataclass field.
+
+This module must stay light: no jax import, nothing written to disk while loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import math
+import os
+import tempfile
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import tomllib
+
+from hpcwf.systems.molecule import ELEMENTS, Molecule, MoleculeError
+
+__all__ = [
+    "ConfigError",
+    "HartreeFockConfig",
+    "ModelConfig",
+    "PretrainingConfig",
+    "OptimizationConfig",
+    "McmcConfig",
+    "SchedulerConfig",
+    "EvaluationConfig",
+    "InitConfig",
+    "CheckpointConfig",
+    "OutputConfig",
+    "JobConfig",
+    "load_job",
+    "config_to_dict",
+    "write_resolved_config",
+]
+
+
+class ConfigError(Exception):
+    """Invalid job file. `str(err)` is ``"<file>: <key>: <message>"``.
+
+    Attributes:
+        file: path of the file holding the mistake (the job file or its dataset file).
+        key: dotted key of the offending entry, e.g. ``optimization.steps``,
+            ``geometry[1].spin``, ``dataset:geometry[3].atoms``; ``<toml>`` for syntax errors
+            and ``<file>`` when the file cannot be read at all.
+        message: what is wrong and, where possible, how to fix it.
+    """
+
+    def __init__(self, file: str | os.PathLike, key: str, message: str):
+        self.file = str(file)
+        self.key = key
+        self.message = message
+        super().__init__(f"{self.file}: {key}: {message}")
+
+
+# --------------------------------------------------------------------------------------------
+# Field declarations. Metadata keys understood by the parser:
+#   choices: allowed values;  gt / ge / lt: numeric bounds;
+#   check: callable(value) -> (key_suffix, message) | None for anything more specific.
+# --------------------------------------------------------------------------------------------
+
+
+def _opt(default: Any, **meta: Any) -> Any:
+    """A dataclass field with a default and validation metadata."""
+    # Mutable defaults would be shared between instances of a "frozen" config.
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("config defaults must be immutable (use a tuple)")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _check_elements(value: tuple[str, ...]) -> tuple[str, str] | None:
+    """The descriptor element list: non-empty, known elements, no repeats."""
+    if not value:
+        return "", "must list at least one element"
+    seen: set[str] = set()
+    for j, sym in enumerate(value):
+        if sym not in ELEMENTS:
+            return f"[{j}]", f"unknown element {sym!r} (supported: {', '.join(ELEMENTS)})"
+        if sym in seen:
+            return f"[{j}]", f"element {sym!r} listed twice"
+        seen.add(sym)
+    return None
+
+
+def _check_nonempty(value: str) -> tuple[str, str] | None:
+    return ("", "must not be empty") if not value.strip() else None
+
+
+@dataclasses.dataclass(frozen=True)
+class HartreeFockConfig:
+    """[hartree_fock]: the reference calculation whose orbitals feed the descriptors."""
+
+    basis: str = _opt("STO-6G", check=_check_nonempty)
+    # The element list fixes the descriptor layout, so pre-training and fine-tuning must agree.
+    elements: tuple[str, ...] = _opt(
+        ("H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne"), check=_check_elements
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """[model]: wavefunction architecture."""
+
+    size: str = _opt("S", choices=("S", "M", "L"))
+    orbitals: str = _opt("tao", choices=("tao", "backflow"))
+    n_determinants: int = _opt(4, ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingConfig:
+    """[pretraining]: supervised fit of the orbitals to Hartree-Fock."""
+
+    steps: int = _opt(100, ge=0)
+    learning_rate: float = _opt(3e-4, gt=0.0)
+    batch_size: int = _opt(0, ge=0)  # 0 = optimization.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationConfig:
+    """[optimization]: variational Monte Carlo energy minimization."""
+
+    steps: int = _opt(200, ge=0)
+    batch_size: int = _opt(256, ge=1)
+    optimizer: str = _opt("kfac", choices=("kfac", "adam"))
+    learning_rate: float = _opt(0.1, gt=0.0)
+    lr_decay_steps: float = _opt(20000.0, gt=0.0)
+    lr_offset: int = _opt(0, ge=0)
+    damping: float = _opt(1e-3, gt=0.0)
+    damping_initial: float = _opt(1.0, gt=0.0)
+    damping_decay_steps: float = _opt(5000.0, gt=0.0)
+    norm_constraint: float = _opt(1e-3, gt=0.0)
+    clip_width: float = _opt(5.0, gt=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class McmcConfig:
+    """[mcmc]: Metropolis-Hastings sampling of electron positions."""
+
+    steps_per_update: int = _opt(20, ge=1)
+    burn_in_steps: int = _opt(200, ge=0)
+    initial_step_size: float = _opt(0.2, gt=0.0)
+    target_acceptance: float = _opt(0.5, gt=0.0, lt=1.0)
+    max_age: int = _opt(20, ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerConfig:
+    """[scheduler]: which geometry gets the next optimization step."""
+
+    warmup_rounds: int = _opt(1, ge=0)
+    max_age: int = _opt(0, ge=0)  # 0 = 2 * n_geometries
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """[evaluation]: final energy estimate per geometry."""
+
+    steps: int = _opt(200, ge=0)
+    burn_in_steps: int = _opt(100, ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+    """[init]: start from another run's parameters."""
+
+    checkpoint: str = _opt("")
+    mode: str = _opt("finetune", choices=("finetune", "evaluate"))
+    lr_offset: int = _opt(32000, ge=0)
+    lr_factor: float = _opt(0.2, gt=0.0)
+    damping: float = _opt(1e-3, gt=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """[checkpoint]: when parameters are saved and which files are kept."""
+
+    every_steps: int = _opt(0, ge=0)
+    every_minutes: float = _opt(0.0, ge=0.0)
+    keep_last: int = _opt(3, ge=1)
+    keep_every: int = _opt(0, ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """[output]: where results go and how chatty the run is."""
+
+    # "" is resolved by load_job to "runs/<job file stem>", so a loaded JobConfig never holds "".
+    dir: str = _opt("")
+    print_every: int = _opt(10, ge=1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class JobConfig:
+    """A validated job: geometries plus one frozen config object per TOML section.
+
+    Equality compares the content that determines a run: `job_file` and `dataset` are
+    provenance only (a resolved config inlines the dataset), and geometries are compared via
+    `Molecule.to_dict()` because `Molecule` holds a numpy array.
+    """
+
+    geometries: tuple[Molecule, ...]
+    seed: int = _opt(0, ge=0)
+    hartree_fock: HartreeFockConfig = dataclasses.field(default_factory=HartreeFockConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    pretraining: PretrainingConfig = dataclasses.field(default_factory=PretrainingConfig)
+    optimization: OptimizationConfig = dataclasses.field(default_factory=OptimizationConfig)
+    mcmc: McmcConfig = dataclasses.field(default_factory=McmcConfig)
+    scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    job_file: str = dataclasses.field(default="", compare=False)
+    dataset: str = dataclasses.field(default="", compare=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobConfig):
+            return NotImplemented
+        for f in dataclasses.fields(self):
+            if not f.compare:
+                continue
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "geometries":
+                if [m.to_dict() for m in a] != [m.to_dict() for m in b]:
+                    return False
+            elif a != b:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]  # holds numpy arrays: not hashable
+
+
+def _section_fields() -> dict[str, type]:
+    """TOML section name -> section dataclass, read off JobConfig's fields."""
+    hints = typing.get_type_hints(JobConfig)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(JobConfig)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+# Top-level keys that are not sections. `geometry` is the TOML name of JobConfig.geometries.
+_TOP_SCALARS = ("seed", "dataset", "geometry")
+_GEOMETRY_KEYS = ("name", "atoms", "charge", "spin", "units", "reference_energy")
+_DATASET_PREFIX = "dataset:"
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    """Short type-and-value description for error messages."""
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _check_unknown(
+    table: Mapping[str, Any], valid: typing.Iterable[str], prefix: str, file: str
+) -> None:
+    """Rejects keys not in `valid`, suggesting the closest valid one (typos are common)."""
+    valid = list(valid)
+    for key in table:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                file, f"{prefix}{key}", f"unknown key{hint}; valid keys: {', '.join(valid)}"
+            )
+
+
+def _convert(value: Any, typ: Any, key: str, file: str) -> Any:
+    """Type-checks one TOML value against a field type hint and normalizes it."""
+    # bool is a subclass of int in Python; TOML true/false is never meant as a number.
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(file, key, f"expected an integer, got {_describe(value)}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(file, key, f"expected a number, got {_describe(value)}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(file, key, f"must be finite, got {value}")
+        return value
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(file, key, f"expected a string, got {_describe(value)}")
+        return value
+    if typing.get_origin(typ) is tuple:
+        (item_type, _ellipsis) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(file, key, f"expected a list, got {_describe(value)}")
+        return tuple(_convert(v, item_type, f"{key}[{j}]", file) for j, v in enumerate(value))
+    raise TypeError(f"unsupported config field type {typ!r} for {key}")  # programming error
+
+
+def _check_value(value: Any, meta: Mapping[str, Any], key: str, file: str) -> None:
+    """Applies the choices / bounds / custom check declared in the field metadata."""
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(file, key, f"must be one of {allowed}, got {value!r}")
+    if "ge" in meta and value < meta["ge"]:
+        raise ConfigError(file, key, f"must be >= {meta['ge']}, got {value}")
+    if "gt" in meta and value <= meta["gt"]:
+        raise ConfigError(file, key, f"must be > {meta['gt']}, got {value}")
+    if "lt" in meta and value >= meta["lt"]:
+        raise ConfigError(file, key, f"must be < {meta['lt']}, got {value}")
+    check: Callable[[Any], tuple[str, str] | None] | None = meta.get("check")
+    if check is not None:
+        problem = check(value)
+        if problem is not None:
+            raise ConfigError(file, key + problem[0], problem[1])
+
+
+def _parse_field(value: Any, f: dataclasses.Field, typ: Any, key: str, file: str) -> Any:
+    value = _convert(value, typ, key, file)
+    _check_value(value, f.metadata, key, file)
+    return value
+
+
+def _parse_section(cls: type, table: Any, section: str, file: str) -> Any:
+    """Builds one section dataclass from its TOML table; absent keys keep their defaults."""
+    if not isinstance(table, dict):
+        raise ConfigError(file, section, f"expected a table [{section}], got {_describe(table)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_unknown(table, fields, f"{section}.", file)
+    values = {
+        name: _parse_field(table[name], f, hints[name], f"{section}.{name}", file)
+        for name, f in fields.items()
+        if name in table
+    }
+    return cls(**values)
+
+
+def _read_toml(path: Path, key_prefix: str = "") -> dict[str, Any]:
+    """Reads a TOML file, mapping I/O and syntax errors to ConfigError."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, f"{key_prefix}<file>", "file not found") from None
+    except OSError as err:
+        raise ConfigError(path, f"{key_prefix}<file>", f"cannot read: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        # The parser message carries "(at line L, column C)".
+        raise ConfigError(path, f"{key_prefix}<toml>", f"malformed TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, f"{key_prefix}<toml>", f"not UTF-8 text: {err}") from None
+
+
+def _parse_geometries(
+    tables: Any, elements: tuple[str, ...], file: str, prefix: str
+) -> list[tuple[Molecule, str, str]]:
+    """Validates `[[geometry]]` tables; returns (molecule, file, key) for later checks."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(
+            file, f"{prefix}geometry", "expected an array of tables ([[geometry]] entries)"
+        )
+    out = []
+    for i, table in enumerate(tables):
+        gkey = f"{prefix}geometry[{i}]"
+        _check_unknown(table, _GEOMETRY_KEYS, f"{gkey}.", file)
+        for required in ("name", "atoms"):
+            if required not in table:
+                raise ConfigError(file, f"{gkey}.{required}", "required key is missing")
+        name = table["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(file, f"{gkey}.name", f"expected a non-empty string, got {name!r}")
+        try:
+            mol = Molecule.create(
+                name=name,
+                atoms=table["atoms"],
+                charge=table.get("charge", 0),
+                spin=table.get("spin"),
+                units=table.get("units", "bohr"),
+                reference_energy=table.get("reference_energy"),
+            )
+        except MoleculeError as err:
+            raise ConfigError(file, f"{gkey}.{err.key}", err.message) from None
+        if mol.reference_energy is not None and not math.isfinite(mol.reference_energy):
+            raise ConfigError(file, f"{gkey}.reference_energy", "must be finite (Hartree)")
+        # The descriptor layout covers only hartree_fock.elements; anything else cannot be
+        # represented by the model, so reject it here rather than deep inside model setup.
+        for j, sym in enumerate(mol.symbols):
+            if sym not in elements:
+                raise ConfigError(
+                    file,
+                    f"{gkey}.atoms[{j}]",
+                    f"element {sym!r} is not in hartree_fock.elements ({', '.join(elements)})",
+                )
+        out.append((mol, file, gkey))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def load_job(path: str | os.PathLike) -> JobConfig:
+    """Reads and validates a job file; raises ConfigError naming the file and key.
+
+    Relative paths: `dataset` is resolved against the job file's directory (datasets travel
+    with job files); `init.checkpoint` and `output.dir` are relative to the current working
+    directory (checkpoints are produced under output directories, which live there).
+    Nothing is written to disk.
+    """
+    path = Path(path)
+    file = str(path)
+    data = _read_toml(path)
+
+    sections = _section_fields()
+    _check_unknown(data, (*_TOP_SCALARS, *sections), "", file)
+
+    top = {f.name: f for f in dataclasses.fields(JobConfig)}
+    seed = _parse_field(data.get("seed", top["seed"].default), top["seed"], int, "seed", file)
+    parsed = {
+        name: _parse_section(cls, data.get(name, {}), name, file)
+        for name, cls in sections.items()
+    }
+    elements = parsed["hartree_fock"].elements
+
+    entries = _parse_geometries(data.get("geometry", []), elements, file, "")
+
+    dataset = _convert(data.get("dataset", ""), str, "dataset", file)
+    dataset_path = ""
+    if dataset:
+        dpath = path.parent / dataset
+        dataset_path = str(dpath)
+        if not dpath.is_file():
+            raise ConfigError(file, "dataset", f"dataset file not found: {dpath}")
+        ddata = _read_toml(dpath, _DATASET_PREFIX)
+        _check_unknown(ddata, ("geometry",), _DATASET_PREFIX, dataset_path)
+        if not ddata.get("geometry"):
+            raise ConfigError(
+                dataset_path, f"{_DATASET_PREFIX}geometry", "dataset has no [[geometry]] tables"
+            )
+        entries += _parse_geometries(ddata["geometry"], elements, dataset_path, _DATASET_PREFIX)
+
+    if not entries:
+        raise ConfigError(
+            file, "geometry", "no geometries: add [[geometry]] tables or a dataset file"
+        )
+    first_seen: dict[str, str] = {}
+    for mol, gfile, gkey in entries:
+        if mol.name in first_seen:
+            raise ConfigError(
+                gfile,
+                f"{gkey}.name",
+                f"duplicate geometry name {mol.name!r} (first used by {first_seen[mol.name]})",
+            )
+        first_seen[mol.name] = gkey
+
+    init = parsed["init"]
+    if init.checkpoint and not Path(init.checkpoint).is_file():
+        raise ConfigError(file, "init.checkpoint", f"checkpoint file not found: {init.checkpoint}")
+    if init.mode == "evaluate" and not init.checkpoint:
+        raise ConfigError(file, "init.checkpoint", "init.mode = 'evaluate' needs a checkpoint")
+
+    if not parsed["output"].dir:
+        parsed["output"] = dataclasses.replace(parsed["output"], dir=f"runs/{path.stem}")
+
+    return JobConfig(
+        geometries=tuple(mol for mol, _, _ in entries),
+        seed=seed,
+        job_file=file,
+        dataset=dataset_path,
+        **parsed,
+    )
+
+
+def _to_toml_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
+    """The fully resolved configuration as plain TOML-ready data.
+
+    Every section with every key; geometries inlined in bohr (the dataset key is dropped).
+    Writing this to a file and loading it with `load_job` gives a JobConfig equal to `cfg`.
+    """
+    out: dict[str, Any] = {"seed": cfg.seed}
+    for name in _section_fields():
+        section = getattr(cfg, name)
+        out[name] = {
+            f.name: _to_toml_value(getattr(section, f.name))
+            for f in dataclasses.fields(section)
+        }
+    out["geometry"] = [mol.to_dict() for mol in cfg.geometries]
+    return out
+
+
+def write_resolved_config(cfg: JobConfig, path: str | os.PathLike) -> None:
+    """Writes `config_to_dict(cfg)` as TOML, atomically (temp file + os.replace).
+
+    Atomic so that a run killed mid-write never leaves a truncated config next to its
+    checkpoints. The parent directory is created if needed.
+    """
+    from hpcwf import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"# Generated by hpcwf {__version__}: fully resolved job configuration.\n"
+        f"# Source: {cfg.job_file or '<unknown>'}. Lengths in bohr, energies in Hartree.\n\n"
+    )
+    text = header + tomli_w.dumps(config_to_dict(cfg))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,418 @@
+"""Tests for hpcwf.io.config: job-file parsing, validation errors and the resolved config."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+
+from hpcwf.io import config as config_module
+from hpcwf.io.config import ConfigError, JobConfig, config_to_dict, load_job, write_resolved_config
+from hpcwf.systems.molecule import ANGSTROM_TO_BOHR
+
+REPO = Path(__file__).resolve().parents[1]
+
+LIH = """
+[[geometry]]
+name = "LiH"
+atoms = [["Li", 0.0, 0.0, 0.0], ["H", 3.015, 0.0, 0.0]]
+"""
+
+MINIMAL = LIH + """
+[output]
+dir = "runs/lih"
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load_text(tmp_path: Path, text: str, name: str = "job.toml") -> JobConfig:
+    return load_job(write(tmp_path / name, text))
+
+
+def error_of(tmp_path: Path, text: str, name: str = "job.toml") -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text, name)
+    return info.value
+
+
+def section_names() -> list[str]:
+    return [
+        f.name for f in dataclasses.fields(JobConfig) if dataclasses.is_dataclass(f.default_factory)
+    ]
+
+
+# ------------------------------------------------------------------------------- happy paths
+
+
+def test_minimal_example_loads_with_defaults(tmp_path):
+    cfg = load_text(tmp_path, MINIMAL)
+    assert cfg.seed == 0
+    assert cfg.dataset == ""
+    assert cfg.job_file == str(tmp_path / "job.toml")
+    assert cfg.output.dir == "runs/lih"
+    for name in section_names():
+        section = getattr(cfg, name)
+        if name != "output":
+            assert section == type(section)(), name
+    assert cfg.optimization.learning_rate == 0.1
+    assert cfg.hartree_fock.elements[:3] == ("H", "He", "Li")
+    (mol,) = cfg.geometries
+    assert mol.name == "LiH" and mol.symbols == ("Li", "H")
+    np.testing.assert_array_equal(mol.coords, [[0, 0, 0], [3.015, 0, 0]])
+
+
+def test_output_dir_defaults_to_job_stem(tmp_path):
+    cfg = load_text(tmp_path, LIH, name="my_job.toml")
+    assert cfg.output.dir == "runs/my_job"
+
+
+def test_int_accepted_for_float_and_converted(tmp_path):
+    cfg = load_text(tmp_path, LIH + "[optimization]\nlr_decay_steps = 100\n")
+    assert cfg.optimization.lr_decay_steps == 100.0
+    assert isinstance(cfg.optimization.lr_decay_steps, float)
+
+
+def test_angstrom_conversion(tmp_path):
+    cfg = load_text(
+        tmp_path,
+        """
+        [[geometry]]
+        name = "H2"
+        units = "angstrom"
+        atoms = [["H", 0.0, 0.0, 0.0], ["H", 0.74, 0.0, 0.0]]
+        """,
+    )
+    np.testing.assert_allclose(cfg.geometries[0].coords[1, 0], 0.74 * ANGSTROM_TO_BOHR)
+    # The resolved config holds bohr, so nothing is converted twice on reload.
+    geo = config_to_dict(cfg)["geometry"][0]
+    assert geo["units"] == "bohr"
+    assert geo["atoms"][1][1] == pytest.approx(0.74 * ANGSTROM_TO_BOHR)
+
+
+def test_default_spin(tmp_path):
+    cfg = load_text(
+        tmp_path,
+        LIH
+        + """
+        [[geometry]]
+        name = "H"
+        atoms = [["H", 0.0, 0.0, 0.0]]
+        """,
+    )
+    assert [m.spin for m in cfg.geometries] == [0, 1]
+
+
+def test_dataset_inclusion_relative_to_job_file(tmp_path, monkeypatch):
+    write(
+        tmp_path / "jobs" / "data" / "h2.toml",
+        """
+        [[geometry]]
+        name = "H2_a"
+        atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]]
+        [[geometry]]
+        name = "H2_b"
+        atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.6, 0.0, 0.0]]
+        """,
+    )
+    job = write(tmp_path / "jobs" / "job.toml", 'dataset = "data/h2.toml"\n' + LIH)
+    # Resolution must not depend on the working directory.
+    monkeypatch.chdir(tmp_path)
+    cfg = load_job(job)
+    assert [m.name for m in cfg.geometries] == ["LiH", "H2_a", "H2_b"]
+    assert Path(cfg.dataset) == tmp_path / "jobs" / "data" / "h2.toml"
+
+
+def test_example_commented_covers_every_key_with_defaults():
+    path = REPO / "inputs" / "example_commented.toml"
+    cfg = load_job(path)
+    raw = tomllib.loads(path.read_text())
+    for name in section_names():
+        section = getattr(cfg, name)
+        fields = [f.name for f in dataclasses.fields(section)]
+        assert sorted(raw[name]) == sorted(fields), name
+        if name == "output":
+            assert section.dir == "runs/example_commented"
+        else:
+            assert section == type(section)(), name
+    assert {"seed", "dataset"} <= set(raw)
+    assert set(raw["geometry"][0]) == set(config_module._GEOMETRY_KEYS)
+
+
+def test_docs_mention_every_key():
+    text = (REPO / "docs" / "config.md").read_text()
+    for name in section_names():
+        assert f"[{name}]" in text, name
+        for f in dataclasses.fields(getattr(JobConfig(geometries=()), name)):
+            assert f"`{f.name}`" in text, f"{name}.{f.name}"
+
+
+# ----------------------------------------------------------------------------- error cases
+
+
+def test_missing_job_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_job(tmp_path / "nope.toml")
+    assert info.value.file == str(tmp_path / "nope.toml")
+
+
+def test_malformed_toml(tmp_path):
+    err = error_of(tmp_path, LIH + "[model\nsize = 'S'\n")
+    assert err.file == str(tmp_path / "job.toml")
+    assert err.key == "<toml>"
+    assert "line" in err.message
+    assert str(err) == f"{err.file}: <toml>: {err.message}"
+
+
+def test_unknown_top_level_key(tmp_path):
+    err = error_of(tmp_path, "sead = 1\n" + LIH)
+    assert err.key == "sead"
+    assert "'seed'" in err.message
+
+
+def test_unknown_section_key_with_suggestion(tmp_path):
+    err = error_of(tmp_path, LIH + "[optimization]\nstesp = 10\n")
+    assert err.key == "optimization.stesp"
+    assert "did you mean 'steps'" in err.message
+
+
+def test_unknown_geometry_key(tmp_path):
+    err = error_of(tmp_path, LIH + "chrage = 1\n")
+    assert err.key == "geometry[0].chrage"
+    assert "'charge'" in err.message
+
+
+def test_section_not_a_table(tmp_path):
+    err = error_of(tmp_path, 'model = "S"\n' + LIH)
+    assert err.key == "model"
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "key"),
+    [
+        ("optimization", 'steps = "many"', "optimization.steps"),
+        ("optimization", "steps = 10.0", "optimization.steps"),
+        ("mcmc", "steps_per_update = true", "mcmc.steps_per_update"),  # bool is not an int
+        ("optimization", "learning_rate = false", "optimization.learning_rate"),
+        ("hartree_fock", "basis = 3", "hartree_fock.basis"),
+        ("hartree_fock", 'elements = "H"', "hartree_fock.elements"),
+        ("optimization", "damping = nan", "optimization.damping"),
+    ],
+)
+def test_wrong_type(tmp_path, section, text, key):
+    err = error_of(tmp_path, f"[{section}]\n{text}\n" + LIH)
+    assert err.key == key
+
+
+def test_bool_seed_rejected(tmp_path):
+    err = error_of(tmp_path, "seed = true\n" + LIH)
+    assert err.key == "seed"
+    assert "integer" in err.message
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "key"),
+    [
+        ("optimization", "batch_size = 0", "optimization.batch_size"),
+        ("optimization", "steps = -1", "optimization.steps"),
+        ("optimization", "learning_rate = 0.0", "optimization.learning_rate"),
+        ("mcmc", "target_acceptance = 1.0", "mcmc.target_acceptance"),
+        ("mcmc", "initial_step_size = 0", "mcmc.initial_step_size"),
+        ("model", "n_determinants = 0", "model.n_determinants"),
+        ("checkpoint", "keep_last = 0", "checkpoint.keep_last"),
+        ("output", "print_every = 0", "output.print_every"),
+    ],
+)
+def test_out_of_range(tmp_path, section, text, key):
+    err = error_of(tmp_path, f"[{section}]\n{text}\n" + LIH)
+    assert err.key == key
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "key"),
+    [
+        ("model", 'size = "XL"', "model.size"),
+        ("model", 'orbitals = "gaussian"', "model.orbitals"),
+        ("optimization", 'optimizer = "sgd"', "optimization.optimizer"),
+        ("init", 'mode = "resume"', "init.mode"),
+    ],
+)
+def test_bad_choice(tmp_path, section, text, key):
+    err = error_of(tmp_path, f"[{section}]\n{text}\n" + LIH)
+    assert err.key == key
+    assert "must be one of" in err.message
+
+
+def test_bad_hf_element_list(tmp_path):
+    err = error_of(tmp_path, '[hartree_fock]\nelements = ["H", "Li", "Xx"]\n' + LIH)
+    assert err.key == "hartree_fock.elements[2]"
+
+
+def test_impossible_spin(tmp_path):
+    err = error_of(
+        tmp_path,
+        LIH
+        + """
+        [[geometry]]
+        name = "H2"
+        spin = 1
+        atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]]
+        """,
+    )
+    assert err.key == "geometry[1].spin"
+
+
+def test_impossible_charge(tmp_path):
+    err = error_of(tmp_path, LIH.replace('name = "LiH"', 'name = "LiH"\ncharge = 4'))
+    assert err.key == "geometry[0].charge"
+
+
+def test_overlapping_atoms(tmp_path):
+    err = error_of(tmp_path, LIH.replace("3.015", "0.01"))
+    assert err.key == "geometry[0].atoms[1]"
+    assert "overlaps" in err.message
+
+
+def test_unknown_element(tmp_path):
+    err = error_of(tmp_path, LIH.replace('"H", 3.015', '"Xx", 3.015'))
+    assert err.key == "geometry[0].atoms[1]"
+    assert "unknown element" in err.message
+
+
+def test_element_not_in_hf_elements(tmp_path):
+    err = error_of(tmp_path, '[hartree_fock]\nelements = ["H", "He"]\n' + LIH)
+    assert err.key == "geometry[0].atoms[0]"
+    assert "hartree_fock.elements" in err.message
+
+
+def test_missing_required_geometry_key(tmp_path):
+    err = error_of(tmp_path, '[[geometry]]\natoms = [["H", 0.0, 0.0, 0.0]]\n')
+    assert err.key == "geometry[0].name"
+
+
+def test_missing_dataset_file(tmp_path):
+    err = error_of(tmp_path, 'dataset = "missing.toml"\n' + LIH)
+    assert err.file == str(tmp_path / "job.toml")
+    assert err.key == "dataset"
+
+
+def test_malformed_dataset_file(tmp_path):
+    write(tmp_path / "data.toml", "[[geometry]\n")
+    err = error_of(tmp_path, 'dataset = "data.toml"\n' + LIH)
+    assert err.file == str(tmp_path / "data.toml")
+    assert err.key == "dataset:<toml>"
+
+
+def test_error_inside_dataset_geometry(tmp_path):
+    write(
+        tmp_path / "data.toml",
+        """
+        [[geometry]]
+        name = "ok"
+        atoms = [["H", 0.0, 0.0, 0.0]]
+        [[geometry]]
+        name = "bad"
+        atoms = [["H", 0.0, 0.0, 0.0], "H"]
+        """,
+    )
+    err = error_of(tmp_path, 'dataset = "data.toml"\n' + LIH)
+    assert err.file == str(tmp_path / "data.toml")
+    assert err.key == "dataset:geometry[1].atoms[1]"
+
+
+def test_missing_init_checkpoint(tmp_path):
+    err = error_of(tmp_path, LIH + f'[init]\ncheckpoint = "{tmp_path / "no.h5"}"\n')
+    assert err.key == "init.checkpoint"
+
+
+def test_evaluate_needs_checkpoint(tmp_path):
+    err = error_of(tmp_path, LIH + '[init]\nmode = "evaluate"\n')
+    assert err.key == "init.checkpoint"
+
+
+def test_existing_init_checkpoint(tmp_path):
+    ckpt = tmp_path / "params.h5"
+    ckpt.write_bytes(b"")
+    cfg = load_text(tmp_path, LIH + f'[init]\ncheckpoint = "{ckpt}"\n')
+    assert cfg.init.checkpoint == str(ckpt)
+
+
+def test_no_geometries(tmp_path):
+    err = error_of(tmp_path, "seed = 1\n")
+    assert err.key == "geometry"
+
+
+def test_duplicate_names(tmp_path):
+    write(tmp_path / "data.toml", LIH)
+    err = error_of(tmp_path, 'dataset = "data.toml"\n' + LIH)
+    assert err.file == str(tmp_path / "data.toml")
+    assert err.key == "dataset:geometry[0].name"
+    assert "duplicate" in err.message
+
+
+# ---------------------------------------------------------------------------- resolved config
+
+
+def test_round_trip(tmp_path):
+    write(
+        tmp_path / "data.toml",
+        """
+        [[geometry]]
+        name = "H2"
+        units = "angstrom"
+        reference_energy = -1.1744
+        atoms = [["H", 0.0, 0.0, 0.0], ["H", 0.7414, 0.0, 0.0]]
+        """,
+    )
+    job = write(
+        tmp_path / "job.toml",
+        'seed = 7\ndataset = "data.toml"\n'
+        + LIH
+        + """
+        [model]
+        size = "M"
+        orbitals = "backflow"
+        [optimization]
+        lr_decay_steps = 1000
+        [hartree_fock]
+        elements = ["H", "Li"]
+        """,
+    )
+    cfg = load_job(job)
+    out = tmp_path / "run" / "config.toml"
+    write_resolved_config(cfg, out)
+    text = out.read_text()
+    assert text.startswith("# Generated by hpcwf ")
+    import hpcwf
+
+    assert hpcwf.__version__ in text.splitlines()[0]
+    assert "dataset" not in tomllib.loads(text)
+    again = load_job(out)
+    assert again == cfg
+    assert config_to_dict(again) == config_to_dict(cfg)
+    assert again.output.dir == "runs/job"  # the default was resolved, not re-derived
+    assert sorted(os.listdir(out.parent)) == ["config.toml"]  # no temp file left behind
+    # Sanity: equality really looks at content.
+    assert dataclasses.replace(cfg, seed=8) != cfg
+
+
+def test_load_writes_nothing(tmp_path, monkeypatch):
+    write(tmp_path / "data.toml", LIH.replace("LiH", "LiH2"))
+    job = write(tmp_path / "job.toml", 'dataset = "data.toml"\n' + MINIMAL)
+    monkeypatch.chdir(tmp_path)
+
+    def listing() -> list[str]:
+        return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+    before = listing()
+    load_job(job)
+    assert listing() == before
