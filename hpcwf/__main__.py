@@ -1,0 +1,5 @@
+import sys
+
+from hpcwf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""`energies.h5`: the training log and evaluation results of a run, readable with h5py alone.
+
+Layout:
+    /            attrs: format ("hpcwf-energies"), version
+    /geometries  names (utf-8 strings) [n_geometries], reference_energy [n_geometries] (NaN = unknown)
+    /train       equal-length 1-D datasets, one row per (step, geometry): step, geometry, energy,
+                 variance, clipped_energy, pmove, step_size, learning_rate, damping, grad_norm,
+                 time (s since the start of optimization), step_time (s)
+    /evaluation  per geometry: energy, error, variance, autocorrelation_time, n_samples
+                 (NaN / 0 where a geometry was not evaluated); attrs: steps
+Energies in Hartree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+TRAIN_FIELDS: dict[str, type] = {
+    "step": np.int64,
+    "geometry": np.int32,
+    "energy": np.float64,
+    "variance": np.float64,
+    "clipped_energy": np.float64,
+    "pmove": np.float64,
+    "step_size": np.float64,
+    "learning_rate": np.float64,
+    "damping": np.float64,
+    "grad_norm": np.float64,
+    "time": np.float64,
+    "step_time": np.float64,
+}
+EVALUATION_FIELDS = ("energy", "error", "variance", "autocorrelation_time", "n_samples")
+
+
+class EnergyLog:
+    """Appends training rows and stores evaluation results. Rows are buffered in memory and
+    written by `flush()` (call it at least at every checkpoint)."""
+
+    def __init__(self, path: str | Path, names: Sequence[str], references: Sequence[float | None]):
+        self.path = Path(path)
+        self._buffer: list[dict] = []
+        with h5py.File(self.path, "a") as f:
+            f.attrs["format"] = "hpcwf-energies"
+            f.attrs["version"] = 1
+            g = f.require_group("geometries")
+            for key in ("names", "reference_energy"):
+                if key in g:
+                    del g[key]
+            g.create_dataset("names", data=np.array(list(names), dtype=h5py.string_dtype()))
+            g.create_dataset(
+                "reference_energy",
+                data=np.array([np.nan if r is None else r for r in references], np.float64),
+            )
+            train = f.require_group("train")
+            for name, dtype in TRAIN_FIELDS.items():
+                if name not in train:
+                    train.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+
+    def append(self, **row) -> None:
+        self._buffer.append(row)
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        with h5py.File(self.path, "a") as f:
+            train = f["train"]
+            n_old = train["step"].shape[0]
+            n_new = n_old + len(self._buffer)
+            for name, dtype in TRAIN_FIELDS.items():
+                values = np.array([row.get(name, np.nan) for row in self._buffer], dtype=dtype)
+                train[name].resize((n_new,))
+                train[name][n_old:] = values
+        self._buffer.clear()
+
+    def truncate(self, n_steps: int) -> None:
+        """Drops every row with step >= n_steps (used when resuming from a checkpoint)."""
+        self.flush()
+        with h5py.File(self.path, "a") as f:
+            train = f["train"]
+            keep = int(np.sum(train["step"][:] < n_steps))
+            for name in TRAIN_FIELDS:
+                train[name].resize((keep,))
+
+    def write_evaluation(self, results: dict[int, dict], n_geometries: int, steps: int) -> None:
+        """results: geometry index -> {energy, error, variance, autocorrelation_time, n_samples}."""
+        with h5py.File(self.path, "a") as f:
+            if "evaluation" in f:
+                del f["evaluation"]
+            g = f.create_group("evaluation")
+            g.attrs["steps"] = steps
+            for key in EVALUATION_FIELDS:
+                fill = 0 if key == "n_samples" else np.nan
+                data = np.full(n_geometries, fill, np.int64 if key == "n_samples" else np.float64)
+                for i, res in results.items():
+                    data[i] = res[key]
+                g.create_dataset(key, data=data)

@@ -1,0 +1,191 @@
+"""Orbital maps: from HF orbital descriptors (TAO) or fixed per-orbital weights (backflow).
+
+Both return Slater matrices Phi [n_det, n_el, n_el]: rows are electrons (up first), columns
+orbitals (up orbitals first). Full determinants: up electrons also fill down-orbital columns
+("other spin" block) and vice versa.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from hpcwf.model.embedding import safe_distances
+
+
+class MLP(nn.Module):
+    """Dense layers with tanh between them (and after the last when `activate_last`)."""
+
+    widths: Sequence[int]
+    activate_last: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for i, w in enumerate(self.widths):
+            x = nn.Dense(w, name=f"dense_{i}")(x)
+            if self.activate_last or i < len(self.widths) - 1:
+                x = nn.tanh(x)
+        return x
+
+
+class ContextGNN(nn.Module):
+    """Message passing over the atoms of each orbital's descriptor; odd in the descriptor.
+
+    The graph is fully connected over atoms; orbitals are independent graphs sharing weights.
+    Oddness, GNN(-c) = -GNN(c), is built in by antisymmetrizing: out = G(c) - G(-c).
+    """
+
+    width: int
+    n_iterations: int
+    n_radial: int = 16
+    cutoff: float = 5.0
+
+    def setup(self):
+        self.edge_mlp = MLP((self.width, self.width), activate_last=False)
+        self.input_layer = nn.Dense(self.width)
+        self.message_layers = [nn.Dense(self.width) for _ in range(self.n_iterations)]
+        self.self_layers = [nn.Dense(self.width) for _ in range(self.n_iterations)]
+        self.update_layers = [nn.Dense(self.width) for _ in range(self.n_iterations)]
+
+    def edge_gates(self, nuclei: jnp.ndarray) -> jnp.ndarray:
+        """Edge weights [n_atoms, n_atoms, width] from radial basis x [1, dx, dy, dz]."""
+        diff = nuclei[None, :, :] - nuclei[:, None, :]
+        dist = safe_distances(diff, pad_diagonal=True)
+        centers = jnp.linspace(0.0, self.cutoff, self.n_radial)
+        sigma = self.cutoff / self.n_radial
+        rbf = jnp.exp(-((dist[..., None] - centers) ** 2) / (2 * sigma**2))
+        direction = jnp.concatenate([jnp.ones_like(dist)[..., None], diff / dist[..., None]], -1)
+        edges = (rbf[..., :, None] * direction[..., None, :]).reshape(*dist.shape, -1)
+        not_self = 1.0 - jnp.eye(dist.shape[0], dtype=dist.dtype)
+        return self.edge_mlp(edges) * not_self[..., None]
+
+    def _forward(self, c: jnp.ndarray, gates: jnp.ndarray) -> jnp.ndarray:
+        x = self.input_layer(c)
+        for msg, slf, upd in zip(self.message_layers, self.self_layers, self.update_layers):
+            m = jnp.einsum("ijw,jkw->ikw", gates, msg(x))
+            x = x + upd(nn.tanh(slf(x) + m))
+        return x
+
+    def __call__(self, descriptors: jnp.ndarray, nuclei: jnp.ndarray) -> jnp.ndarray:
+        """descriptors [n_atoms, n_orb, d_desc] -> context features [n_atoms, n_orb, width]."""
+        gates = self.edge_gates(nuclei)
+        return self._forward(descriptors, gates) - self._forward(-descriptors, gates)
+
+
+class DescriptorMaps(nn.Module):
+    """Context GNN, odd f (backflow weights) and even positive g (envelope exponents).
+
+    Outputs for orbitals of one spin:
+        f: [n_atoms, n_orb, 2, n_det, d_emb]   (axis 2: same spin / other spin electrons)
+        alpha: [n_atoms, n_orb, 2, n_det]  > 0, bohr^-1
+    """
+
+    gnn_width: int
+    gnn_iterations: int
+    f_widths: Sequence[int]
+    g_widths: Sequence[int]
+    n_det: int
+    d_emb: int
+
+    @nn.compact
+    def __call__(self, descriptors: jnp.ndarray, nuclei: jnp.ndarray):
+        n_atoms, n_orb = descriptors.shape[:2]
+        x = ContextGNN(self.gnn_width, self.gnn_iterations, name="gnn")(descriptors, nuclei)
+        f_mlp = MLP(self.f_widths, name="f_mlp")
+        f_hidden = f_mlp(x) - f_mlp(-x)  # odd in x, hence odd in the descriptor
+        f = nn.Dense(2 * self.n_det * self.d_emb, use_bias=False, name="f_out")(f_hidden)
+        g_mlp = MLP((*self.g_widths, 2 * self.n_det), activate_last=False, name="g_mlp")
+        # Even in x: h(x) + h(-x). The +1 shift puts initial exponents near softplus(1) ~ 1.3.
+        alpha = jax.nn.softplus(g_mlp(x) + g_mlp(-x) + 1.0)
+        return (
+            f.reshape(n_atoms, n_orb, 2, self.n_det, self.d_emb),
+            alpha.reshape(n_atoms, n_orb, 2, self.n_det),
+        )
+
+
+def tao_block(
+    h: jnp.ndarray, dist_en: jnp.ndarray, f: jnp.ndarray, alpha: jnp.ndarray, same: bool
+) -> jnp.ndarray:
+    """Phi^d_ik = sum_I exp(-alpha^d_Iks |r_i - R_I|) <h_i, f^d_Iks> for one (electron spin,
+    orbital spin) block.
+
+    Args:
+        h: electron embeddings [n_el_block, d_emb].
+        dist_en: electron-nucleus distances [n_el_block, n_atoms], bohr.
+        f: [n_atoms, n_orb, 2, n_det, d_emb]; alpha: [n_atoms, n_orb, 2, n_det].
+        same: electrons and orbitals have the same spin (selects index 0 of axis 2).
+    Returns:
+        [n_det, n_el_block, n_orb]
+    """
+    s = 0 if same else 1
+    f_s, alpha_s = f[:, :, s], alpha[:, :, s]  # [A, K, D, W], [A, K, D]
+    envelope = jnp.exp(-alpha_s[None] * dist_en[:, :, None, None])  # [i, A, K, D]
+    projection = jnp.einsum("iw,akdw->iakd", h, f_s)
+    return jnp.einsum("iakd->dik", envelope * projection)
+
+
+class TAOOrbitals(nn.Module):
+    """Transferable atomic orbitals: one network orbital per occupied HF orbital."""
+
+    gnn_width: int
+    gnn_iterations: int
+    f_widths: Sequence[int]
+    g_widths: Sequence[int]
+    n_det: int
+    d_emb: int
+
+    @nn.compact
+    def __call__(self, h, electrons, nuclei, descriptors_up, descriptors_dn, n_up):
+        """Slater matrices [n_det, n_el, n_el] from embeddings h [n_el, d_emb]."""
+        kwargs = dict(
+            gnn_width=self.gnn_width,
+            gnn_iterations=self.gnn_iterations,
+            f_widths=self.f_widths,
+            g_widths=self.g_widths,
+            n_det=self.n_det,
+            d_emb=self.d_emb,
+        )
+        # Separate weights for up and down orbitals.
+        f_up, alpha_up = DescriptorMaps(**kwargs, name="maps_up")(descriptors_up, nuclei)
+        f_dn, alpha_dn = DescriptorMaps(**kwargs, name="maps_dn")(descriptors_dn, nuclei)
+        dist_en = jnp.linalg.norm(electrons[:, None, :] - nuclei[None], axis=-1)
+        h_up, h_dn = h[:n_up], h[n_up:]
+        d_up, d_dn = dist_en[:n_up], dist_en[n_up:]
+        upper = jnp.concatenate(
+            [tao_block(h_up, d_up, f_up, alpha_up, True), tao_block(h_up, d_up, f_dn, alpha_dn, False)],
+            axis=-1,
+        )
+        lower = jnp.concatenate(
+            [tao_block(h_dn, d_dn, f_up, alpha_up, False), tao_block(h_dn, d_dn, f_dn, alpha_dn, True)],
+            axis=-1,
+        )
+        return jnp.concatenate([upper, lower], axis=1)
+
+
+class BackflowOrbitals(nn.Module):
+    """FermiNet-style baseline: per-orbital linear weights x per-orbital, per-atom envelopes.
+
+    Parameter shapes depend on n_el and n_atoms, so one model serves one molecule (shape) only.
+    """
+
+    n_det: int
+    n_electrons: int
+    n_atoms: int
+
+    @nn.compact
+    def __call__(self, h, electrons, nuclei, n_up):
+        n_el, n_det = self.n_electrons, self.n_det
+        dist_en = jnp.linalg.norm(electrons[:, None, :] - nuclei[None], axis=-1)  # [i, A]
+        sigma = self.param("sigma", nn.initializers.ones, (2, n_det, self.n_atoms, n_el))
+        pi = self.param("pi", nn.initializers.ones, (2, n_det, self.n_atoms, n_el))
+        rows = []
+        for s, (hs, ds) in enumerate(((h[:n_up], dist_en[:n_up]), (h[n_up:], dist_en[n_up:]))):
+            linear = nn.Dense(n_det * n_el, name=f"orbitals_{'up' if s == 0 else 'dn'}")(hs)
+            linear = linear.reshape(-1, n_det, n_el).transpose(1, 0, 2)  # [D, i, k]
+            decay = jnp.exp(-jnp.abs(sigma[s])[:, None] * ds[None, :, :, None])  # [D, i, A, k]
+            env = jnp.einsum("dak,diak->dik", pi[s], decay)
+            rows.append(linear * env)
+        return jnp.concatenate(rows, axis=1)

@@ -1,0 +1,131 @@
+"""The wavefunction: embedding -> orbitals -> determinants -> (sign, log|psi|).
+
+Public functional interface (all for ONE walker; vmap over walkers):
+    log_psi(params, electrons [n_el, 3], geometry) -> (sign, log|psi|)
+    slater_matrices(params, electrons, geometry) -> [n_det, n_el, n_el]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from hpcwf.model.embedding import ElectronEmbedding, safe_distances
+from hpcwf.model.geometry import GeometryData
+from hpcwf.model.orbitals import BackflowOrbitals, TAOOrbitals
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelHyperparameters:
+    """Architecture sizes. S is for CPU tests; L is the paper's (~1.9 M parameters)."""
+
+    width_one: int
+    width_two: int
+    width_nuc: int
+    embedding_iterations: int
+    gnn_width: int
+    gnn_iterations: int
+    f_widths: tuple[int, ...]
+    g_widths: tuple[int, ...]
+
+
+MODEL_SIZES: dict[str, ModelHyperparameters] = {
+    "S": ModelHyperparameters(64, 16, 16, 3, 16, 1, (64, 64), (32,)),
+    "M": ModelHyperparameters(128, 32, 32, 4, 32, 2, (128, 128), (64,)),
+    "L": ModelHyperparameters(256, 32, 32, 4, 32, 2, (256, 256), (64, 64)),
+}
+
+
+def signed_logsumexp(signs: jnp.ndarray, logs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """log|sum_d s_d exp(l_d)| and its sign, stable for large |l_d|. Arrays [n_det]."""
+    shift = jax.lax.stop_gradient(jnp.max(logs))
+    total = jnp.sum(signs * jnp.exp(logs - shift))
+    return jnp.sign(total), jnp.log(jnp.abs(total)) + shift
+
+
+class Wavefunction(nn.Module):
+    """psi(r) = J(r) * sum_d det Phi^d(r), Phi from TAO or backflow orbitals.
+
+    J is a parameter-light electron-electron cusp Jastrow,
+    exp(sum_{i<j} -c_s a_s^2 / (a_s + r_ij)) with c = 1/4 (same spin) and 1/2 (opposite spin),
+    which satisfies the electron-electron cusp conditions and is symmetric, so it changes
+    neither antisymmetry nor the HF-phase equivariance.
+    """
+
+    size: ModelHyperparameters
+    orbitals: str  # "tao" | "backflow"
+    n_det: int
+    # Backflow only: the fixed molecule shape (n_electrons, n_atoms).
+    backflow_shape: tuple[int, int] | None = None
+
+    def setup(self):
+        s = self.size
+        self.embedding = ElectronEmbedding(s.width_one, s.width_two, s.width_nuc, s.embedding_iterations)
+        if self.orbitals == "tao":
+            self.orbital_map = TAOOrbitals(
+                s.gnn_width, s.gnn_iterations, s.f_widths, s.g_widths, self.n_det, s.width_one
+            )
+        elif self.orbitals == "backflow":
+            assert self.backflow_shape is not None
+            self.orbital_map = BackflowOrbitals(self.n_det, *self.backflow_shape)
+        else:
+            raise ValueError(f"unknown orbitals {self.orbitals!r}")
+        self.jastrow_scale = self.param("jastrow_scale", nn.initializers.ones, (2,))
+
+    def slater_matrices(self, electrons: jnp.ndarray, geometry: GeometryData) -> jnp.ndarray:
+        """[n_det, n_el, n_el] for electrons [n_el, 3] (up electrons first)."""
+        n_up = geometry.n_up
+        h = self.embedding(electrons, geometry.nuclei, geometry.charges, n_up)
+        if self.orbitals == "tao":
+            return self.orbital_map(
+                h, electrons, geometry.nuclei, geometry.descriptors_up, geometry.descriptors_dn, n_up
+            )
+        return self.orbital_map(h, electrons, geometry.nuclei, n_up)
+
+    def jastrow(self, electrons: jnp.ndarray, n_up: int) -> jnp.ndarray:
+        n_el = electrons.shape[0]
+        dist = safe_distances(electrons[:, None] - electrons[None], pad_diagonal=True)
+        spin = jnp.arange(n_el) < n_up
+        same = spin[:, None] == spin[None, :]
+        a = jnp.where(same, jnp.abs(self.jastrow_scale[0]), jnp.abs(self.jastrow_scale[1]))
+        c = jnp.where(same, 0.25, 0.5)
+        upper = jnp.triu(jnp.ones((n_el, n_el), dtype=bool), k=1)
+        return jnp.sum(jnp.where(upper, -c * a**2 / (a + dist), 0.0))
+
+    def __call__(self, electrons: jnp.ndarray, geometry: GeometryData):
+        """(sign, log|psi|) for one walker."""
+        phi = self.slater_matrices(electrons, geometry)
+        signs, logdets = jnp.linalg.slogdet(phi)
+        sign, log_abs = signed_logsumexp(signs, logdets)
+        return sign, log_abs + self.jastrow(electrons, geometry.n_up)
+
+
+def build_wavefunction(
+    size: str, orbitals: str, n_det: int, backflow_shape: tuple[int, int] | None = None
+) -> Wavefunction:
+    """The flax module for a model config (`size` in MODEL_SIZES)."""
+    return Wavefunction(MODEL_SIZES[size], orbitals, n_det, backflow_shape)
+
+
+def log_abs_psi_fn(model: Wavefunction) -> Callable:
+    """(params, electrons [n_el, 3], geometry) -> log|psi| (scalar) for one walker."""
+
+    def log_abs_psi(params, electrons, geometry):
+        return model.apply(params, electrons, geometry)[1]
+
+    return log_abs_psi
+
+
+def init_params(model: Wavefunction, key: jax.Array, geometry: GeometryData):
+    """Initial parameters; their shapes do not depend on `geometry` for TAO orbitals."""
+    electrons = jnp.zeros((geometry.n_electrons, 3), geometry.nuclei.dtype)
+    electrons = electrons + jnp.arange(geometry.n_electrons)[:, None] * 0.3
+    return model.init(key, electrons, geometry)
+
+
+def count_parameters(params) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,112 @@
+"""Variational Monte Carlo: per-geometry sampling, clipped local energies, the energy loss.
+
+Everything here is a pure JAX function of (params, geometry, state, key); the training loop
+(hpcwf.workflow) owns files, clocks and the choice of geometry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import kfac_jax
+from flax import struct
+
+from hpcwf.mcmc import WalkerState, make_mcmc_sweep
+from hpcwf.model.geometry import GeometryData
+
+
+@struct.dataclass
+class GeometryState:
+    """Everything that persists between visits of one geometry.
+
+    Attributes:
+        walkers: MCMC state (positions, log|psi|^2, ages, step size).
+        clip_center: median of E_L at the previous visit (Ha); NaN before the first.
+        clip_width: clip_width x mean absolute deviation at the previous visit (Ha); NaN before.
+    """
+
+    walkers: WalkerState
+    clip_center: jnp.ndarray
+    clip_width: jnp.ndarray
+
+
+@struct.dataclass
+class VMCBatch:
+    """Input of one optimization step. `electrons` comes first: kfac-jax reads the batch size
+    from the leading axis of the first leaf."""
+
+    electrons: jnp.ndarray  # [n_walkers, n_el, 3]
+    centered_energy: jnp.ndarray  # [n_walkers], E_clip - mean(E_clip), no gradient
+    geometry: GeometryData
+
+
+def new_geometry_state(walkers: WalkerState) -> GeometryState:
+    nan = jnp.full((), jnp.nan, walkers.log_prob.dtype)
+    return GeometryState(walkers=walkers, clip_center=nan, clip_width=nan)
+
+
+def clip_energies(energies: jnp.ndarray, center: jnp.ndarray, width: jnp.ndarray) -> jnp.ndarray:
+    """E_L clipped to [center - width, center + width]."""
+    return jnp.clip(energies, center - width, center + width)
+
+
+def make_energy_loss(log_abs_psi: Callable) -> Callable:
+    """loss(params, batch) -> (surrogate, aux); grad = 2 <(E_clip - <E_clip>) d log|psi|>."""
+
+    def loss(params, batch: VMCBatch):
+        log_abs = jax.vmap(log_abs_psi, (None, 0, None))(params, batch.electrons, batch.geometry)
+        kfac_jax.register_normal_predictive_distribution(log_abs[:, None])
+        surrogate = 2.0 * jnp.mean(jax.lax.stop_gradient(batch.centered_energy) * log_abs)
+        return surrogate, {"log_abs_mean": jnp.mean(log_abs)}
+
+    return loss
+
+
+def make_sample_and_measure(
+    log_abs_psi: Callable, local_energy: Callable, mcmc_steps: int, target_acceptance: float,
+    max_age: int, clip_width: float,
+) -> Callable:
+    """Returns jitted f(params, geometry, state, key) -> (state, batch, stats).
+
+    MCMC sweep, local energies, clipping with the previous visit's statistics (the current
+    ones on the first visit), and the statistics for the next visit.
+    stats: energy (mean E_L), variance, clipped_energy, pmove, step_size, n_nonfinite.
+    """
+    batched = jax.vmap(log_abs_psi, (None, 0, None))
+    sweep = make_mcmc_sweep(batched, mcmc_steps, target_acceptance, max_age)
+    energies_fn = jax.vmap(local_energy, (None, 0, None))
+
+    @jax.jit
+    def sample_and_measure(params, geometry: GeometryData, state: GeometryState, key):
+        walkers, pmove = sweep(params, geometry, state.walkers, key)
+        energies = energies_fn(params, walkers.electrons, geometry)
+        finite = jnp.isfinite(energies)
+        safe = jnp.where(finite, energies, jnp.nanmedian(jnp.where(finite, energies, jnp.nan)))
+        median = jnp.median(safe)
+        width = clip_width * jnp.mean(jnp.abs(safe - median))
+        first_visit = jnp.isnan(state.clip_center)
+        center = jnp.where(first_visit, median, state.clip_center)
+        half_width = jnp.where(first_visit, width, state.clip_width)
+        clipped = clip_energies(safe, center, half_width)
+        batch = VMCBatch(walkers.electrons, clipped - jnp.mean(clipped), geometry)
+        stats = {
+            "energy": jnp.mean(energies),
+            "variance": jnp.var(energies),
+            "clipped_energy": jnp.mean(clipped),
+            "pmove": pmove,
+            "step_size": walkers.step_size,
+            "n_nonfinite": jnp.sum(~finite),
+        }
+        new_state = GeometryState(walkers=walkers, clip_center=median, clip_width=width)
+        return new_state, batch, stats
+
+    return sample_and_measure
+
+
+def make_burn_in(log_abs_psi: Callable, mcmc_steps: int, target_acceptance: float, max_age: int):
+    """Jitted f(params, geometry, walkers, key) -> walkers: `mcmc_steps` steps, adapting step size."""
+    batched = jax.vmap(log_abs_psi, (None, 0, None))
+    sweep = make_mcmc_sweep(batched, mcmc_steps, target_acceptance, max_age)
+    return jax.jit(lambda params, geometry, walkers, key: sweep(params, geometry, walkers, key)[0])

@@ -1,0 +1,310 @@
+"""The job: HF descriptors -> HF pre-training -> VMC optimization -> evaluation.
+
+This module is the edge where files, clocks and printing live; everything it calls is a pure
+function of (params, geometry, state, key). Random keys are derived from (seed, stage, step)
+alone, so a run is reproducible and a later restart needs no RNG stream to be carried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from hpcwf.analysis.statistics import blocking_analysis
+from hpcwf.hamiltonian import make_local_energy
+from hpcwf.io.checkpoint import CheckpointError, load_params, save_params
+from hpcwf.io.config import ConfigError, JobConfig, write_resolved_config
+from hpcwf.io.energy_log import EnergyLog
+from hpcwf.mcmc import init_walkers, initial_electrons, make_mcmc_sweep
+from hpcwf.model.geometry import GeometryData, geometry_data
+from hpcwf.model.wavefunction import (
+    Wavefunction,
+    build_wavefunction,
+    count_parameters,
+    init_params,
+    log_abs_psi_fn,
+)
+from hpcwf.systems.hartree_fock import HartreeFockCache, HartreeFockResult
+from hpcwf.training.optimizer import ScheduleSettings, make_optimizer
+from hpcwf.training.pretrain import HartreeFockOrbitals, hf_log_abs_psi, make_pretrain_step
+from hpcwf.training.schedule import GeometryScheduler
+from hpcwf.training.vmc import (
+    make_burn_in,
+    make_energy_loss,
+    make_sample_and_measure,
+    new_geometry_state,
+)
+
+# Stage tags folded into the root key so stages never share random numbers.
+STAGE_INIT, STAGE_PRETRAIN, STAGE_BURN_IN, STAGE_VMC, STAGE_EVAL = range(5)
+BURN_IN_CHUNK = 10  # MCMC steps between step-size adaptations during burn-in
+
+DTYPE = jnp.float32
+
+
+@dataclasses.dataclass
+class System:
+    """One geometry of the dataset, ready for the network."""
+
+    index: int
+    name: str
+    hf: HartreeFockResult
+    data: GeometryData
+    hf_orbitals: HartreeFockOrbitals
+    reference: float | None
+
+
+def prepare_systems(cfg: JobConfig, cache_path: Path, log: Callable) -> list[System]:
+    """HF (cached in `cache_path`) and device arrays for every geometry."""
+    cache = HartreeFockCache(cache_path)
+    systems = []
+    for i, mol in enumerate(cfg.geometries):
+        t0 = time.perf_counter()
+        hf = cache.get_or_compute(mol, cfg.hartree_fock.basis, cfg.hartree_fock.elements)
+        data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, DTYPE)
+        orbitals = HartreeFockOrbitals(
+            basis=jax.tree_util.tree_map(lambda x: jnp.asarray(x, DTYPE) if x.dtype.kind == "f" else x, hf.basis()),
+            mo_coeff_up=jnp.asarray(hf.mo_coeff_up, DTYPE),
+            mo_coeff_dn=jnp.asarray(hf.mo_coeff_dn, DTYPE),
+        )
+        log(f"HF  {mol.name:<16} E_HF = {hf.energy:.6f} Ha  (n_up={mol.n_up}, n_dn={mol.n_dn}, "
+            f"{time.perf_counter() - t0:.1f} s)")
+        systems.append(System(i, mol.name, hf, data, orbitals, mol.reference_energy))
+    return systems
+
+
+def make_model(cfg: JobConfig) -> Wavefunction:
+    backflow_shape = None
+    if cfg.model.orbitals == "backflow":
+        shapes = {(m.n_up, m.n_dn, m.n_atoms) for m in cfg.geometries}
+        if len(shapes) > 1:
+            raise ConfigError(cfg.job_file, "model.orbitals",
+                              "'backflow' needs all geometries to have the same n_up, n_dn, n_atoms")
+        m = cfg.geometries[0]
+        backflow_shape = (m.n_electrons, m.n_atoms)
+    return build_wavefunction(cfg.model.size, cfg.model.orbitals, cfg.model.n_determinants, backflow_shape)
+
+
+def params_metadata(cfg: JobConfig) -> dict:
+    return {
+        "model_size": cfg.model.size,
+        "orbitals": cfg.model.orbitals,
+        "n_determinants": cfg.model.n_determinants,
+        "basis": cfg.hartree_fock.basis,
+        "elements": ",".join(cfg.hartree_fock.elements),
+    }
+
+
+def restore_params(path: str, template, cfg: JobConfig):
+    """Loads parameters from `path` into the structure of `template`; CheckpointError if they
+    do not fit (other model size, orbitals or descriptor layout)."""
+    loaded, meta = load_params(path)
+    expected = params_metadata(cfg)
+    for key in ("model_size", "orbitals", "n_determinants", "basis", "elements"):
+        if key in meta and str(meta[key]) != str(expected[key]):
+            raise CheckpointError(f"{path}: {key} is {meta[key]!r} but this job has {expected[key]!r}")
+    flat_template = traverse_util.flatten_dict(template)
+    flat_loaded = traverse_util.flatten_dict(loaded)
+    if set(flat_template) != set(flat_loaded):
+        raise CheckpointError(f"{path}: parameter tree does not match this model")
+    for k, v in flat_template.items():
+        if flat_loaded[k].shape != v.shape:
+            raise CheckpointError(f"{path}: parameter {'/'.join(k)} has shape "
+                                  f"{flat_loaded[k].shape}, model needs {v.shape}")
+    return traverse_util.unflatten_dict({k: jnp.asarray(flat_loaded[k], v.dtype) for k, v in flat_template.items()})
+
+
+def stage_key(root: jax.Array, stage: int, step: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(root, stage), step)
+
+
+def run_job(cfg: JobConfig, log: Callable = print) -> Path:
+    """Runs a whole job; returns the run directory. Raises ConfigError/CheckpointError before
+    anything is written when the input is unusable."""
+    jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 (METHOD pitfall 4)
+    out = Path(cfg.output.dir)
+    if (out / "energies.h5").exists():
+        raise ConfigError(cfg.job_file, "output.dir",
+                          f"{out} already holds a run (energies.h5); choose another dir")
+    model = make_model(cfg)
+    init_file = None
+    if cfg.init.checkpoint:
+        load_params(cfg.init.checkpoint)  # fail early, before writing anything
+        init_file = cfg.init.checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    write_resolved_config(cfg, out / "config.toml")
+    systems = prepare_systems(cfg, out / "hf_cache.h5", log)
+    root = jax.random.PRNGKey(cfg.seed)
+
+    params = init_params(model, stage_key(root, STAGE_INIT, 0), systems[0].data)
+    if init_file:
+        params = restore_params(init_file, params, cfg)
+        log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
+    log(f"model: size {cfg.model.size}, {cfg.model.orbitals} orbitals, "
+        f"{cfg.model.n_determinants} determinants, {count_parameters(params)} parameters")
+
+    energy_log = EnergyLog(out / "energies.h5", [s.name for s in systems], [s.reference for s in systems])
+    log_abs_psi = log_abs_psi_fn(model)
+    batched_log_abs = jax.vmap(log_abs_psi, (None, 0, None))
+    n_walkers = cfg.optimization.batch_size
+    rng = np.random.default_rng(cfg.seed)
+    walkers = {}
+    for s in systems:
+        electrons = initial_electrons(rng, np.asarray(s.data.nuclei), np.asarray(s.data.charges),
+                                      s.data.n_up, s.data.n_dn, n_walkers)
+        walkers[s.index] = electrons
+
+    training = not (init_file and cfg.init.mode == "evaluate")
+    if training and not init_file and cfg.pretraining.steps > 0:
+        params, walkers = pretrain(cfg, model, params, systems, walkers, root, log)
+
+    states = {
+        s.index: new_geometry_state(init_walkers(batched_log_abs, params, s.data, walkers[s.index],
+                                                 cfg.mcmc.initial_step_size))
+        for s in systems
+    }
+    local_energy = make_local_energy(log_abs_psi, "forward")
+    burn_in = make_burn_in(log_abs_psi, BURN_IN_CHUNK, cfg.mcmc.target_acceptance, cfg.mcmc.max_age)
+
+    def burn(s: System, steps: int, stage: int):
+        st = states[s.index]
+        w = st.walkers
+        for chunk in range(steps // BURN_IN_CHUNK):
+            w = burn_in(params, s.data, w, stage_key(root, stage, s.index * 100003 + chunk))
+        states[s.index] = st.replace(walkers=w)
+
+    if training and cfg.optimization.steps > 0:
+        params = optimize(cfg, params, systems, states, local_energy, log_abs_psi, burn, root,
+                          energy_log, log, finetune=bool(init_file))
+    save_params(out / "checkpoints" / "params.h5", jax.device_get(params), params_metadata(cfg))
+    energy_log.flush()
+
+    if cfg.evaluation.steps > 0:
+        results = evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root, log)
+        energy_log.write_evaluation(results, len(systems), cfg.evaluation.steps)
+    return out
+
+
+def pretrain(cfg, model, params, systems, electrons, root, log):
+    """HF pre-training, geometries round-robin. Returns (params, walkers sampled from HF)."""
+    tx, step_fn = make_pretrain_step(model, cfg.pretraining.learning_rate, cfg.mcmc.steps_per_update)
+    opt_state = tx.init(params)
+    n = cfg.pretraining.batch_size or cfg.optimization.batch_size
+    hf_batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
+    walkers = {
+        s.index: init_walkers(hf_batched, s.hf_orbitals, s.data, electrons[s.index][:n], cfg.mcmc.initial_step_size)
+        for s in systems
+    }
+    t0 = time.perf_counter()
+    for t in range(cfg.pretraining.steps):
+        s = systems[t % len(systems)]
+        params, opt_state, walkers[s.index], loss, pmove = step_fn(
+            params, opt_state, s.data, s.hf_orbitals, walkers[s.index], stage_key(root, STAGE_PRETRAIN, t))
+        if (t + 1) % cfg.output.print_every == 0 or t + 1 == cfg.pretraining.steps:
+            log(f"pretrain {t + 1:>6}/{cfg.pretraining.steps}  {s.name:<12} loss {float(loss):.3e}  "
+                f"pmove {float(pmove):.2f}  {(time.perf_counter() - t0) / (t + 1):.3f} s/step")
+    # Pre-trained walkers (HF distribution) replace the first n starting positions.
+    sampled = {i: electrons[i].copy() for i in electrons}
+    for i, w in walkers.items():
+        sampled[i][:n] = np.asarray(w.electrons)[: sampled[i].shape[0]]
+    return params, sampled
+
+
+def optimize(cfg, params, systems, states, local_energy, log_abs_psi, burn, root, energy_log, log,
+             finetune: bool):
+    """VMC with one geometry per step, chosen by the scheduler. Updates `states` in place."""
+    o = cfg.optimization
+    if finetune:  # fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3)
+        schedule = ScheduleSettings(o.learning_rate * cfg.init.lr_factor, o.lr_decay_steps,
+                                    cfg.init.lr_offset, cfg.init.damping, cfg.init.damping,
+                                    o.damping_decay_steps, o.norm_constraint)
+    else:
+        schedule = ScheduleSettings(o.learning_rate, o.lr_decay_steps, o.lr_offset, o.damping,
+                                    o.damping_initial, o.damping_decay_steps, o.norm_constraint)
+    optimizer = make_optimizer(o.optimizer, make_energy_loss(log_abs_psi), schedule)
+    sample_and_measure = make_sample_and_measure(
+        log_abs_psi, local_energy, cfg.mcmc.steps_per_update, cfg.mcmc.target_acceptance,
+        cfg.mcmc.max_age, o.clip_width)
+    scheduler = GeometryScheduler(len(systems), cfg.scheduler.warmup_rounds, cfg.scheduler.max_age)
+    burned_in: set[int] = set()
+    opt_state = None
+    t_start = time.perf_counter()
+    window: list[float] = []
+    for t in range(o.steps):
+        t_step = time.perf_counter()
+        s = systems[scheduler.next_geometry(t)]
+        if s.index not in burned_in:
+            burn(s, cfg.mcmc.burn_in_steps, STAGE_BURN_IN)
+            burned_in.add(s.index)
+        k_sample, k_opt = jax.random.split(stage_key(root, STAGE_VMC, t))
+        new_state, batch, stats = sample_and_measure(params, s.data, states[s.index], k_sample)
+        states[s.index] = new_state
+        if opt_state is None:
+            opt_state = optimizer.init(params, k_opt, batch)
+        stats = jax.device_get(stats)
+        if stats["n_nonfinite"] == 0:
+            params, opt_state, opt_stats = optimizer.step(params, opt_state, k_opt, batch, t)
+            opt_stats = jax.device_get(opt_stats)
+        else:  # never step on a batch with non-finite local energies
+            log(f"step {t}: {int(stats['n_nonfinite'])} non-finite local energies on {s.name}; update skipped")
+            opt_stats = {"learning_rate": np.nan, "damping": np.nan, "grad_norm": np.nan}
+        jax.block_until_ready(params)
+        step_time = time.perf_counter() - t_step
+        scheduler.record(s.index, t, float(stats["variance"]))
+        energy_log.append(
+            step=t, geometry=s.index, energy=stats["energy"], variance=stats["variance"],
+            clipped_energy=stats["clipped_energy"], pmove=stats["pmove"], step_size=stats["step_size"],
+            learning_rate=opt_stats["learning_rate"], damping=opt_stats["damping"],
+            grad_norm=opt_stats["grad_norm"], time=time.perf_counter() - t_start, step_time=step_time)
+        window.append(step_time)
+        if (t + 1) % cfg.output.print_every == 0 or t + 1 == o.steps:
+            err = float(np.sqrt(stats["variance"] / batch.electrons.shape[0]))
+            log(f"step {t + 1:>7}/{o.steps}  {s.name:<12} E = {float(stats['energy']):.5f} +- {err:.5f} Ha"
+                f"  var {float(stats['variance']):.4f}  pmove {float(stats['pmove']):.2f}"
+                f"  {np.median(window):.3f} s/step")
+            window.clear()
+    return params
+
+
+def evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root, log) -> dict:
+    """Unclipped E_L over `evaluation.steps` samples per geometry with fixed parameters;
+    blocking error bars on the series of per-step walker means."""
+    sweep = make_mcmc_sweep(jax.vmap(log_abs_psi, (None, 0, None)), cfg.mcmc.steps_per_update,
+                            cfg.mcmc.target_acceptance, cfg.mcmc.max_age)
+    energies_fn = jax.vmap(local_energy, (None, 0, None))
+
+    @jax.jit
+    def eval_step(params, geometry, walkers, key):
+        walkers, pmove = sweep(params, geometry, walkers, key)
+        e = energies_fn(params, walkers.electrons, geometry)
+        return walkers, jnp.mean(e), jnp.var(e)
+
+    results = {}
+    log(f"evaluation: {cfg.evaluation.steps} steps per geometry")
+    for s in systems:
+        burn(s, cfg.evaluation.burn_in_steps, STAGE_EVAL)
+        w = states[s.index].walkers
+        means, variances = [], []
+        for t in range(cfg.evaluation.steps):
+            w, m, v = eval_step(params, s.data, w, stage_key(root, STAGE_EVAL, 1_000_000 * (s.index + 1) + t))
+            means.append(float(m))
+            variances.append(float(v))
+        states[s.index] = states[s.index].replace(walkers=w)
+        b = blocking_analysis(np.array(means))
+        results[s.index] = {
+            "energy": b.mean, "error": b.error, "variance": float(np.mean(variances)),
+            "autocorrelation_time": b.autocorrelation_time,
+            "n_samples": b.n_samples * w.electrons.shape[0],
+        }
+        ref = "" if s.reference is None else f"  ref {s.reference:.5f}  diff {1000 * (b.mean - s.reference):+.2f} mHa"
+        log(f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {b.autocorrelation_time:.1f}{ref}")
+    return results
