@@ -1,0 +1,100 @@
+"""Symmetries of the ansatz: antisymmetry, HF-phase equivariance, odd/even maps, size independence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hpcwf.model.geometry import GeometryData
+from hpcwf.model.orbitals import ContextGNN, DescriptorMaps
+from hpcwf.model.wavefunction import build_wavefunction, count_parameters, init_params
+
+D_DESC = 42
+
+
+def random_geometry(n_atoms, n_up, n_dn, seed=0):
+    rng = np.random.default_rng(seed)
+    return GeometryData(
+        nuclei=jnp.asarray(rng.normal(size=(n_atoms, 3)) * 1.5, jnp.float32),
+        charges=jnp.asarray(rng.integers(1, 4, n_atoms), jnp.float32),
+        descriptors_up=jnp.asarray(rng.normal(size=(n_atoms, n_up, D_DESC)), jnp.float32),
+        descriptors_dn=jnp.asarray(rng.normal(size=(n_atoms, n_dn, D_DESC)), jnp.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def tao():
+    model = build_wavefunction("S", "tao", 2)
+    geometry = random_geometry(3, 3, 2)
+    params = init_params(model, jax.random.PRNGKey(1), geometry)
+    electrons = jax.random.normal(jax.random.PRNGKey(2), (5, 3)) * 1.5
+    return model, params, geometry, electrons
+
+
+def test_same_spin_exchange_flips_sign(tao):
+    model, params, geometry, r = tao
+    sign, log_abs = model.apply(params, r, geometry)
+    for perm in ([1, 0, 2, 3, 4], [0, 2, 1, 3, 4], [0, 1, 2, 4, 3]):
+        sign_p, log_abs_p = model.apply(params, r[jnp.array(perm)], geometry)
+        assert sign_p == -sign
+        np.testing.assert_allclose(log_abs_p, log_abs, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_orbital_sign_flip_flips_psi(tao):
+    model, params, geometry, r = tao
+    sign, log_abs = model.apply(params, r, geometry)
+    for spin, k in (("descriptors_up", 1), ("descriptors_dn", 0)):
+        flipped = geometry.replace(**{spin: getattr(geometry, spin).at[:, k].multiply(-1.0)})
+        sign_f, log_abs_f = model.apply(params, r, flipped)
+        assert sign_f == -sign
+        np.testing.assert_allclose(log_abs_f, log_abs, rtol=1e-6, atol=1e-6)
+
+
+def test_orbital_permutation_changes_nothing_physical(tao):
+    model, params, geometry, r = tao
+    _, log_abs = model.apply(params, r, geometry)
+    permuted = geometry.replace(descriptors_up=geometry.descriptors_up[:, jnp.array([2, 0, 1])])
+    _, log_abs_p = model.apply(params, r, permuted)
+    np.testing.assert_allclose(log_abs_p, log_abs, rtol=1e-5, atol=1e-5)
+
+
+def test_gnn_odd_f_odd_g_even_positive():
+    geometry = random_geometry(3, 2, 2)
+    c = geometry.descriptors_up
+    gnn = ContextGNN(width=16, n_iterations=2)
+    p = gnn.init(jax.random.PRNGKey(0), c, geometry.nuclei)
+    np.testing.assert_allclose(gnn.apply(p, -c, geometry.nuclei), -gnn.apply(p, c, geometry.nuclei), atol=1e-6)
+    maps = DescriptorMaps(gnn_width=16, gnn_iterations=2, f_widths=(32, 32), g_widths=(16,), n_det=2, d_emb=8)
+    p = maps.init(jax.random.PRNGKey(0), c, geometry.nuclei)
+    f_pos, a_pos = maps.apply(p, c, geometry.nuclei)
+    f_neg, a_neg = maps.apply(p, -c, geometry.nuclei)
+    np.testing.assert_allclose(f_neg, -f_pos, atol=1e-6)
+    np.testing.assert_allclose(a_neg, a_pos, atol=1e-6)
+    assert jnp.all(a_pos > 0)
+    assert float(jnp.max(jnp.abs(f_pos))) > 1e-3  # not trivially zero
+
+
+def test_parameter_count_independent_of_molecule():
+    model = build_wavefunction("S", "tao", 4)
+    counts = {
+        name: count_parameters(init_params(model, jax.random.PRNGKey(0), random_geometry(*shape)))
+        for name, shape in {"H2": (2, 1, 1), "LiH": (2, 2, 2), "H2O": (3, 5, 5), "H": (1, 1, 0)}.items()
+    }
+    assert len(set(counts.values())) == 1, counts
+
+
+def test_backflow_antisymmetric():
+    geometry = random_geometry(2, 2, 2)
+    model = build_wavefunction("S", "backflow", 2, backflow_shape=(4, 2))
+    params = init_params(model, jax.random.PRNGKey(0), geometry)
+    r = jax.random.normal(jax.random.PRNGKey(3), (4, 3))
+    sign, log_abs = model.apply(params, r, geometry)
+    sign_p, log_abs_p = model.apply(params, r[jnp.array([0, 1, 3, 2])], geometry)
+    assert sign_p == -sign
+    np.testing.assert_allclose(log_abs_p, log_abs, rtol=1e-5)
+
+
+def test_large_model_has_paper_size():
+    model = build_wavefunction("L", "tao", 4)
+    n = count_parameters(init_params(model, jax.random.PRNGKey(0), random_geometry(2, 1, 1)))
+    assert 1.5e6 < n < 2.5e6, n
