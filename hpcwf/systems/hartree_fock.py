@@ -1,0 +1,471 @@
+"""Hartree-Fock reference orbitals and the orbital descriptors built from them (METHOD.md 1.1).
+
+Per geometry: RHF (even electron count, spin 0) or UHF (otherwise) with pyscf in a Cartesian
+Gaussian basis; occupied orbitals of each spin Foster-Boys localized, sorted by an estimated
+orbital energy and sign-fixed, all deterministically; then scattered into element-block
+descriptors [n_atoms, n_orbitals, d_desc]. Results are cached in HDF5, keyed by geometry and
+settings, because the descriptors must be identical between pre-training and fine-tuning.
+
+Units: lengths bohr, energies Hartree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hpcwf.systems.gaussian_basis import GaussianBasis, basis_from_pyscf
+from hpcwf.systems.molecule import ELEMENTS, Molecule
+
+DEFAULT_BASIS = "STO-6G"
+DEFAULT_ELEMENTS: tuple[str, ...] = tuple(ELEMENTS)
+
+# Bump whenever anything that changes the stored arrays changes (SCF/localization settings,
+# sorting, sign convention, layout): old cache entries then simply miss.
+CACHE_FORMAT_VERSION = 1
+
+SCF_CONV_TOL = 1e-10  # Ha
+SCF_CONV_TOL_GRAD = 1e-7
+BOYS_CONV_TOL = 1e-10
+# Negative Boys Hessian eigenvalues below this mark a saddle point (pyscf's own threshold).
+BOYS_STABILITY_TOL = -1e-5
+BOYS_MAX_RESTARTS = 10
+# Estimated orbital energies closer than this (Ha) count as tied; ties are ordered by centroid.
+# Symmetry-equivalent orbitals differ by ~1e-6 Ha of localization noise; distinct ones by far more.
+ENERGY_TIE_TOL = 1e-4
+CENTROID_DECIMALS = 4  # centroids are rounded to 1e-4 bohr for the tie-break (noise ~1e-6)
+# Sign convention: if |sum of coefficients| is below this, use the largest coefficient instead.
+SIGN_SUM_TOL = 1e-6
+# Coefficients within this relative distance of the largest magnitude count as tied for it.
+SIGN_MAX_REL_TOL = 1e-6
+
+
+@dataclasses.dataclass
+class HartreeFockResult:
+    """Occupied, localized HF orbitals of one geometry, and their descriptors.
+
+    Attributes:
+        energy: HF total energy in Hartree (includes V_NN).
+        method: "RHF" or "UHF".
+        mo_coeff_up: spin-up occupied orbitals in the Cartesian AO basis, [n_ao, n_up].
+        mo_coeff_dn: spin-down occupied orbitals, [n_ao, n_dn] (equal to the first n_dn up
+            orbitals for RHF).
+        descriptors_up: element-block descriptors of the up orbitals, [n_atoms, n_up, d_desc].
+        descriptors_dn: same for down orbitals, [n_atoms, n_dn, d_desc].
+        orbital_energies_up: estimated orbital energies (Ha) the up orbitals are sorted by, [n_up].
+        orbital_energies_dn: same for down, [n_dn].
+        basis_centers, basis_powers, basis_exponents, basis_coefficients: the GaussianBasis arrays
+            (see gaussian_basis.GaussianBasis), so the orbitals can be evaluated without pyscf.
+    """
+
+    energy: float
+    method: str
+    mo_coeff_up: np.ndarray
+    mo_coeff_dn: np.ndarray
+    descriptors_up: np.ndarray
+    descriptors_dn: np.ndarray
+    orbital_energies_up: np.ndarray
+    orbital_energies_dn: np.ndarray
+    basis_centers: np.ndarray
+    basis_powers: np.ndarray
+    basis_exponents: np.ndarray
+    basis_coefficients: np.ndarray
+
+    def basis(self) -> GaussianBasis:
+        """The AO basis as numpy arrays (float64, powers int32)."""
+        return GaussianBasis(
+            centers=self.basis_centers,
+            powers=self.basis_powers,
+            exponents=self.basis_exponents,
+            coefficients=self.basis_coefficients,
+        )
+
+
+# Fields stored as HDF5 datasets (everything except the scalars, which are attributes).
+_ARRAY_FIELDS = tuple(
+    f.name for f in dataclasses.fields(HartreeFockResult) if f.name not in ("energy", "method")
+)
+
+
+def _element_mole(element: str, basis: str):
+    from pyscf import gto
+
+    return gto.M(
+        atom=[[element, (0.0, 0.0, 0.0)]], basis=basis, cart=True, unit="Bohr",
+        spin=ELEMENTS[element] % 2, verbose=0,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(basis: str, elements: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    for el in elements:
+        if el not in ELEMENTS:
+            raise ValueError(f"unknown element {el!r} in descriptor elements {elements}")
+    if len(set(elements)) != len(elements):
+        raise ValueError(f"descriptor elements contain repeats: {elements}")
+    out, offset = [], 0
+    for el in elements:
+        size = _element_mole(el, basis).nao  # Cartesian AO count (cart=True)
+        out.append((el, offset, size))
+        offset += size
+    return tuple(out)
+
+
+def descriptor_layout(basis: str, elements: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Element -> (offset, size) of its block in the descriptor vector.
+
+    `basis` is a pyscf basis name; size = number of Cartesian AOs of one atom of that element
+    (STO-6G: H, He 1; Li-Ne 5). Blocks follow the order of `elements`.
+    """
+    return {el: (off, size) for el, off, size in _layout(basis, tuple(elements))}
+
+
+def descriptor_size(basis: str, elements: Sequence[str]) -> int:
+    """d_desc: total length of the descriptor vector (42 for STO-6G and H..Ne)."""
+    return sum(size for _, _, size in _layout(basis, tuple(elements)))
+
+
+def _check_elements(molecule: Molecule, elements: Sequence[str]) -> None:
+    missing = sorted(set(molecule.symbols) - set(elements), key=list(ELEMENTS).index)
+    if missing:
+        raise ValueError(
+            f"molecule {molecule.name!r} contains element(s) {', '.join(missing)} that are not in "
+            f"the descriptor element list ({', '.join(elements)})"
+        )
+
+
+def make_descriptors(
+    mol, mo_coeff: np.ndarray, basis: str, elements: Sequence[str]
+) -> np.ndarray:
+    """Scatters orbital coefficients into element blocks.
+
+    Args:
+        mol: the pyscf Mole (cart=True) the coefficients refer to.
+        mo_coeff: [n_ao, n_orb].
+    Returns:
+        [n_atoms, n_orb, d_desc]: row I holds orbital k's coefficients on atom I's AOs, placed in
+        the block of atom I's element; zeros elsewhere.
+    """
+    layout = descriptor_layout(basis, elements)
+    n_orb = mo_coeff.shape[1]
+    out = np.zeros((mol.natm, n_orb, descriptor_size(basis, elements)))
+    for I, (_, _, ao0, ao1) in enumerate(mol.aoslice_by_atom()):
+        offset, size = layout[mol.atom_pure_symbol(I)]
+        if ao1 - ao0 != size:  # e.g. a per-atom basis override would break the fixed layout
+            raise ValueError(f"atom {I} has {ao1 - ao0} AOs, its descriptor block {size}")
+        out[I, :, offset : offset + size] = mo_coeff[ao0:ao1].T
+    return out
+
+
+def _boys_hessian_min(loc) -> tuple[float, np.ndarray]:
+    """Lowest eigenpair of the Boys cost Hessian at loc.mo_coeff, from the explicit Hessian.
+
+    pyscf's `Boys.stability` seeds Davidson with numpy's global RNG (not reproducible) and needs
+    more than a handful of rotation parameters; the explicit Hessian is exact, deterministic and
+    cheap for the few tens of occupied orbitals we handle.
+    """
+    _, h_op, _ = loc.gen_g_hop()
+    n = loc.pdim
+    hess = np.stack([h_op(col) for col in np.eye(n)], axis=1)
+    w, v = np.linalg.eigh(0.5 * (hess + hess.T))
+    return float(w[0]), v[:, 0]
+
+
+def _boys_localize(mol, mo: np.ndarray) -> np.ndarray:
+    """Foster-Boys localization of orbitals mo [n_ao, n], started from mo itself.
+
+    pyscf's CIAH optimizer started from canonical orbitals of symmetric molecules stops at
+    saddle points of the Boys functional (symmetry is preserved along the way); after each
+    convergence we check the Hessian and restart along its most negative direction.
+    """
+    from pyscf import lo
+
+    if mo.shape[1] <= 1:
+        return mo.copy()
+    loc = lo.Boys(mol, mo)
+    loc.init_guess = None  # start from the given orbitals: no AO-projection heuristics
+    loc.conv_tol = BOYS_CONV_TOL
+    loc.verbose = 0
+    c = loc.kernel(mo)
+    for _ in range(BOYS_MAX_RESTARTS):
+        w, v = _boys_hessian_min(loc)
+        if w >= BOYS_STABILITY_TOL:
+            return c
+        c = loc.kernel(loc.rotate_orb(loc.extract_rotation(v)))
+    warnings.warn(
+        "Boys localization still at a saddle point after "
+        f"{BOYS_MAX_RESTARTS} restarts; using it anyway",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return c
+
+
+def _sign_fix(c: np.ndarray) -> np.ndarray:
+    """Per column: make the coefficient sum positive; if |sum| < SIGN_SUM_TOL, make the
+    largest-magnitude coefficient (first one within SIGN_MAX_REL_TOL of the max) positive."""
+    c = c.copy()
+    for k in range(c.shape[1]):
+        s = c[:, k].sum()
+        if abs(s) < SIGN_SUM_TOL:
+            mag = np.abs(c[:, k])
+            s = c[int(np.argmax(mag >= mag.max() * (1.0 - SIGN_MAX_REL_TOL))), k]
+        if s < 0:
+            c[:, k] = -c[:, k]
+    return c
+
+
+def _localize_sort_sign(
+    mol, mo_can: np.ndarray, eps: np.ndarray, s1e: np.ndarray, dip: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Localizes, sorts and sign-fixes occupied canonical orbitals mo_can [n_ao, n] with
+    canonical energies eps [n]. dip: position integrals <mu|r|nu> [3, n_ao, n_ao] (origin 0).
+
+    Returns (orbitals [n_ao, n], estimated energies [n]).
+    """
+    n = mo_can.shape[1]
+    if n == 0:
+        return mo_can.copy(), np.zeros(0)
+    mo_loc = _boys_localize(mol, mo_can)
+    U = mo_can.T @ s1e @ mo_loc  # mo_loc = mo_can @ U (orthogonal)
+    e_est = (U**2).T @ eps  # e_k = sum_j U_jk^2 eps_j
+    centroid = np.round(np.einsum("ak,xab,bk->kx", mo_loc, dip, mo_loc), CENTROID_DECIMALS)
+    centroid = centroid + 0.0  # -0.0 -> 0.0 so rounding noise cannot flip the order
+
+    # Sort by energy; runs of near-equal energies (chained within ENERGY_TIE_TOL) are ordered by
+    # centroid x, y, z, then energy: symmetry-equivalent orbitals get a reproducible order.
+    order = list(np.argsort(e_est, kind="stable"))
+    groups, current = [], [order[0]]
+    for a, b in zip(order[:-1], order[1:], strict=True):
+        if e_est[b] - e_est[a] > ENERGY_TIE_TOL:
+            groups.append(current)
+            current = []
+        current.append(b)
+    groups.append(current)
+    final = []
+    for g in groups:
+        final += sorted(g, key=lambda k: (*centroid[k], e_est[k], k))
+    final = np.asarray(final)
+    return _sign_fix(mo_loc[:, final]), e_est[final]
+
+
+def build_pyscf_molecule(molecule: Molecule, basis: str = DEFAULT_BASIS):
+    """pyscf Mole for `molecule`: Cartesian basis, coordinates in bohr, silent."""
+    from pyscf import gto
+
+    return gto.M(
+        atom=[
+            [s, tuple(map(float, xyz))]
+            for s, xyz in zip(molecule.symbols, molecule.coords, strict=True)
+        ],
+        basis=basis, cart=True, unit="Bohr", charge=molecule.charge, spin=molecule.spin,
+        symmetry=False, verbose=0,
+    )
+
+
+def _run_scf(mol, restricted: bool):
+    from pyscf import scf
+
+    mf = scf.RHF(mol) if restricted else scf.UHF(mol)
+    mf.conv_tol = SCF_CONV_TOL
+    mf.conv_tol_grad = SCF_CONV_TOL_GRAD
+    mf.max_cycle = 200
+    mf.verbose = 0
+    mf.kernel()
+    if not mf.converged:
+        # DIIS can oscillate for stretched geometries; second-order SCF from there usually fixes it.
+        mf = mf.newton()
+        mf.kernel(mf.mo_coeff, mf.mo_occ)
+    if not mf.converged:
+        raise RuntimeError(f"{'RHF' if restricted else 'UHF'} did not converge")
+    return mf
+
+
+def run_hartree_fock(
+    molecule: Molecule,
+    basis: str = DEFAULT_BASIS,
+    elements: Sequence[str] = DEFAULT_ELEMENTS,
+) -> HartreeFockResult:
+    """HF, Boys localization, sorting, sign convention and descriptors for one geometry.
+
+    RHF if the electron count is even and spin == 0, else UHF. Deterministic for a given
+    machine: pyscf runs single-threaded here, because its multi-threaded Fock builds are not
+    bitwise reproducible and degenerate canonical orbitals (CH4, N2, ...) amplify that noise into
+    different localized orbitals.
+
+    Raises ValueError if the molecule has an element outside `elements`.
+    """
+    from pyscf import lib
+
+    elements = tuple(elements)
+    _check_elements(molecule, elements)
+    descriptor_layout(basis, elements)  # validate the element list early
+    restricted = molecule.n_electrons % 2 == 0 and molecule.spin == 0
+    with lib.with_omp_threads(1):
+        mol = build_pyscf_molecule(molecule, basis)
+        mf = _run_scf(mol, restricted)
+        s1e = mol.intor_symmetric("int1e_ovlp")
+        with mol.with_common_origin((0.0, 0.0, 0.0)):
+            dip = mol.intor_symmetric("int1e_r", comp=3)
+        if restricted:
+            occ = mf.mo_occ > 0
+            c_up, e_up = _localize_sort_sign(mol, mf.mo_coeff[:, occ], mf.mo_energy[occ], s1e, dip)
+            c_dn, e_dn = c_up[:, : molecule.n_dn].copy(), e_up[: molecule.n_dn].copy()
+        else:
+            (c_up, e_up), (c_dn, e_dn) = (
+                _localize_sort_sign(
+                    mol, mf.mo_coeff[s][:, mf.mo_occ[s] > 0], mf.mo_energy[s][mf.mo_occ[s] > 0],
+                    s1e, dip,
+                )
+                for s in (0, 1)
+            )
+        gb = basis_from_pyscf(mol)
+    if c_up.shape[1] != molecule.n_up or c_dn.shape[1] != molecule.n_dn:
+        raise RuntimeError(
+            f"HF occupations ({c_up.shape[1]}, {c_dn.shape[1]}) do not match "
+            f"(n_up, n_dn) = ({molecule.n_up}, {molecule.n_dn})"
+        )
+    return HartreeFockResult(
+        energy=float(mf.e_tot),
+        method="RHF" if restricted else "UHF",
+        mo_coeff_up=c_up,
+        mo_coeff_dn=c_dn,
+        descriptors_up=make_descriptors(mol, c_up, basis, elements),
+        descriptors_dn=make_descriptors(mol, c_dn, basis, elements),
+        orbital_energies_up=e_up,
+        orbital_energies_dn=e_dn,
+        basis_centers=np.asarray(gb.centers),
+        basis_powers=np.asarray(gb.powers),
+        basis_exponents=np.asarray(gb.exponents),
+        basis_coefficients=np.asarray(gb.coefficients),
+    )
+
+
+def cache_key(molecule: Molecule, basis: str, elements: Sequence[str]) -> str:
+    """sha256 hex digest of everything that determines a HartreeFockResult.
+
+    Coordinates enter rounded to 1e-10 bohr; the molecule's name does not enter (the same
+    geometry under two names shares one entry). `basis` is used verbatim (case matters).
+    """
+    coords = np.round(np.asarray(molecule.coords, dtype=np.float64), 10) + 0.0  # -0.0 -> 0.0
+    canonical = json.dumps(
+        {
+            "version": CACHE_FORMAT_VERSION,
+            "symbols": list(molecule.symbols),
+            "coords": [[f"{x:.10f}" for x in row] for row in coords],
+            "charge": int(molecule.charge),
+            "spin": int(molecule.spin),
+            "basis": str(basis),
+            "elements": list(elements),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class HartreeFockCache:
+    """HDF5 store of HartreeFockResults, one group per cache_key.
+
+    A group is written in full and only then marked complete (attribute "complete"); groups that
+    are incomplete, unreadable or inconsistent with the molecule are recomputed and overwritten.
+    A file that is not HDF5 at all is moved aside to `<path>.corrupt-<time>` (with a warning)
+    and a fresh one started. Not safe for concurrent writers: let one process fill it.
+
+    Attributes:
+        path: the HDF5 file.
+        compute_fn: (molecule, basis, elements) -> HartreeFockResult; run_hartree_fock by default.
+        n_computed: number of results computed (not loaded) by this object.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        compute_fn: Callable[[Molecule, str, Sequence[str]], HartreeFockResult] = run_hartree_fock,
+    ):
+        self.path = Path(path)
+        self.compute_fn = compute_fn
+        self.n_computed = 0
+
+    def get_or_compute(
+        self,
+        molecule: Molecule,
+        basis: str = DEFAULT_BASIS,
+        elements: Sequence[str] = DEFAULT_ELEMENTS,
+    ) -> HartreeFockResult:
+        """Stored result for this geometry and settings, else computed, stored and returned."""
+        elements = tuple(elements)
+        _check_elements(molecule, elements)
+        key = cache_key(molecule, basis, elements)
+        result = self._load(key, molecule)
+        if result is not None:
+            return result
+        result = self.compute_fn(molecule, basis, elements)
+        self.n_computed += 1
+        self._store(key, molecule, basis, elements, result)
+        return result
+
+    def _load(self, key: str, molecule: Molecule) -> HartreeFockResult | None:
+        if not self.path.exists():
+            return None
+        if not h5py.is_hdf5(self.path):
+            return None  # _store moves the broken file aside
+        try:
+            with h5py.File(self.path, "r") as f:
+                if key not in f:
+                    return None
+                g = f[key]
+                if not g.attrs.get("complete", False):
+                    return None
+                fields = {name: np.array(g[name]) for name in _ARRAY_FIELDS}
+                result = HartreeFockResult(
+                    energy=float(g.attrs["energy"]), method=str(g.attrs["method"]), **fields
+                )
+        except (OSError, KeyError, ValueError, TypeError):
+            return None  # damaged group: recompute
+        n_atoms, n_up, n_dn = molecule.n_atoms, molecule.n_up, molecule.n_dn
+        if (
+            result.descriptors_up.shape[:2] != (n_atoms, n_up)
+            or result.descriptors_dn.shape[:2] != (n_atoms, n_dn)
+            or result.mo_coeff_up.shape[1] != n_up
+            or result.mo_coeff_dn.shape[1] != n_dn
+        ):
+            return None
+        return result
+
+    def _store(
+        self, key: str, molecule: Molecule, basis: str, elements: tuple[str, ...],
+        result: HartreeFockResult,
+    ) -> None:
+        if self.path.exists() and not h5py.is_hdf5(self.path):
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            warnings.warn(
+                f"HF cache {self.path} is not an HDF5 file; moved to {aside}", stacklevel=3
+            )
+            self.path.rename(aside)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(self.path, "a") as f:
+            if key in f:
+                del f[key]
+            g = f.create_group(key)
+            for name in _ARRAY_FIELDS:
+                g.create_dataset(name, data=np.asarray(getattr(result, name)))
+            g.attrs["name"] = molecule.name
+            g.attrs["energy"] = float(result.energy)
+            g.attrs["method"] = result.method
+            g.attrs["basis"] = basis
+            g.attrs["elements"] = ",".join(elements)
+            g.attrs["format_version"] = CACHE_FORMAT_VERSION
+            f.flush()
+            # Marked complete only after every dataset is written and flushed.
+            g.attrs["complete"] = True
+            f.flush()
