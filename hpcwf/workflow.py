@@ -175,7 +175,7 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
     local_energy = make_local_energy(log_abs_psi, "forward")
     burn_in = make_burn_in(log_abs_psi, BURN_IN_CHUNK, cfg.mcmc.target_acceptance, cfg.mcmc.max_age)
 
-    def burn(s: System, steps: int, stage: int):
+    def burn(params, s: System, steps: int, stage: int):
         st = states[s.index]
         w = st.walkers
         for chunk in range(steps // BURN_IN_CHUNK):
@@ -243,7 +243,7 @@ def optimize(cfg, params, systems, states, local_energy, log_abs_psi, burn, root
         t_step = time.perf_counter()
         s = systems[scheduler.next_geometry(t)]
         if s.index not in burned_in:
-            burn(s, cfg.mcmc.burn_in_steps, STAGE_BURN_IN)
+            burn(params, s, cfg.mcmc.burn_in_steps, STAGE_BURN_IN)
             burned_in.add(s.index)
         k_sample, k_opt = jax.random.split(stage_key(root, STAGE_VMC, t))
         new_state, batch, stats = sample_and_measure(params, s.data, states[s.index], k_sample)
@@ -291,7 +291,7 @@ def evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root
     results = {}
     log(f"evaluation: {cfg.evaluation.steps} steps per geometry")
     for s in systems:
-        burn(s, cfg.evaluation.burn_in_steps, STAGE_EVAL)
+        burn(params, s, cfg.evaluation.burn_in_steps, STAGE_EVAL)
         w = states[s.index].walkers
         means, variances = [], []
         for t in range(cfg.evaluation.steps):

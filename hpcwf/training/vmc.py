@@ -56,7 +56,14 @@ def make_energy_loss(log_abs_psi: Callable) -> Callable:
     """loss(params, batch) -> (surrogate, aux); grad = 2 <(E_clip - <E_clip>) d log|psi|>."""
 
     def loss(params, batch: VMCBatch):
-        log_abs = jax.vmap(log_abs_psi, (None, 0, None))(params, batch.electrons, batch.geometry)
+        # The geometry is broadcast to every walker here (and only here): K-FAC needs each
+        # dense layer's inputs to carry the batch axis first, also for the geometry-only
+        # layers (context GNN, f, g). MCMC and the Laplacian keep them un-batched.
+        n_walkers = batch.electrons.shape[0]
+        per_walker = jax.tree_util.tree_map(
+            lambda x: jnp.broadcast_to(x, (n_walkers, *x.shape)), batch.geometry
+        )
+        log_abs = jax.vmap(log_abs_psi, (None, 0, 0))(params, batch.electrons, per_walker)
         kfac_jax.register_normal_predictive_distribution(log_abs[:, None])
         surrogate = 2.0 * jnp.mean(jax.lax.stop_gradient(batch.centered_energy) * log_abs)
         return surrogate, {"log_abs_mean": jnp.mean(log_abs)}

@@ -1,0 +1,168 @@
+"""End-to-end physics: VMC of the HF determinant, MCMC, blocking, a 2-geometry H2 job."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hpcwf.analysis.statistics import blocking_analysis
+from hpcwf.hamiltonian import make_local_energy
+from hpcwf.mcmc import init_walkers, initial_electrons, make_mcmc_sweep
+from hpcwf.model.geometry import geometry_data
+from hpcwf.systems.hartree_fock import run_hartree_fock
+from hpcwf.systems.molecule import Molecule
+from hpcwf.training.pretrain import HartreeFockOrbitals, hf_log_abs_psi
+from hpcwf.training.schedule import GeometryScheduler
+
+
+def test_vmc_of_hf_determinant_reproduces_pyscf_energy():
+    """<E_L> sampled from |psi_HF|^2 equals the pyscf HF energy within error bars."""
+    mol = Molecule.create("LiH", [["Li", 0, 0, 0], ["H", 3.015, 0, 0]])
+    hf = run_hartree_fock(mol, "STO-6G")
+    data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, jnp.float32)
+    orbitals = HartreeFockOrbitals(
+        jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32) if x.dtype.kind == "f" else x, hf.basis()),
+        jnp.asarray(hf.mo_coeff_up, jnp.float32), jnp.asarray(hf.mo_coeff_dn, jnp.float32))
+    batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
+    rng = np.random.default_rng(0)
+    electrons = initial_electrons(rng, mol.coords, mol.charges, mol.n_up, mol.n_dn, 512)
+    walkers = init_walkers(batched, orbitals, data, electrons, 0.2)
+    sweep = jax.jit(make_mcmc_sweep(batched, 10))
+    energy = jax.jit(jax.vmap(make_local_energy(hf_log_abs_psi, "forward"), (None, 0, None)))
+    for i in range(30):
+        walkers, _ = sweep(orbitals, data, walkers, jax.random.PRNGKey(i))
+    means = []
+    for i in range(60):
+        walkers, pmove = sweep(orbitals, data, walkers, jax.random.PRNGKey(100 + i))
+        means.append(float(jnp.mean(energy(orbitals, walkers.electrons, data))))
+    result = blocking_analysis(np.array(means))
+    assert 0.3 < float(pmove) < 0.8
+    # 4 sigma plus float32 noise: fails for a wrong kinetic energy, potential or sampler.
+    assert abs(result.mean - hf.energy) < 4 * result.error + 2e-3, (result, hf.energy)
+    assert result.error < 0.02
+
+
+def test_blocking_detects_correlation():
+    rng = np.random.default_rng(0)
+    white = rng.normal(size=4096)
+    correlated = np.convolve(white, np.ones(16) / 16, mode="valid")
+    assert blocking_analysis(white).autocorrelation_time < 2.0
+    b = blocking_analysis(correlated)
+    assert b.autocorrelation_time > 8.0
+    assert b.error > np.std(correlated) / np.sqrt(correlated.size) * 2
+
+
+def test_scheduler_round_robin_then_largest_std_without_starvation():
+    s = GeometryScheduler(3, warmup_rounds=1, max_age=4)
+    picks = [s.next_geometry(t) for t in range(3)]
+    assert picks == [0, 1, 2]
+    for t, (g, var) in enumerate(zip(picks, [1.0, 9.0, 4.0])):
+        s.record(g, t, var)
+    assert s.next_geometry(3) == 1
+    s.record(1, 3, 9.0)
+    # geometry 0 was last optimized at step 0: at step 4 its age reaches max_age.
+    assert s.next_geometry(4) == 0
+
+
+H2_JOB = """
+seed = 1
+[[geometry]]
+name = "H2_a"
+atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]]
+reference_energy = -1.1744757
+[[geometry]]
+name = "H2_b"
+atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.6, 0.0, 0.0]]
+[model]
+size = "S"
+n_determinants = 2
+[pretraining]
+steps = 10
+[optimization]
+steps = 12
+batch_size = 32
+[mcmc]
+steps_per_update = 3
+burn_in_steps = 10
+[evaluation]
+steps = 8
+burn_in_steps = 10
+[output]
+dir = "{dir}"
+print_every = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def h2_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("h2")
+    job = tmp / "h2.toml"
+    job.write_text(H2_JOB.format(dir=tmp / "run"))
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run", proc
+
+
+def test_two_geometry_job_trains_and_evaluates(h2_run):
+    run, proc = h2_run
+    assert "step      12/12" in proc.stdout
+    with h5py.File(run / "energies.h5", "r") as f:
+        train = f["train"]
+        n = train["step"].shape[0]
+        assert n == 12
+        assert all(train[k].shape == (n,) for k in ("geometry", "energy", "variance", "pmove", "time"))
+        assert set(train["geometry"][:]) == {0, 1}
+        assert np.all(np.isfinite(train["energy"][:]))
+        ev = f["evaluation"]
+        assert np.all(np.isfinite(ev["energy"][:])) and np.all(ev["error"][:] > 0)
+        # An untrained-ish H2 is still a bound molecule: well below two free electrons, above -1.3.
+        assert np.all((ev["energy"][:] > -1.3) & (ev["energy"][:] < -0.8))
+    assert (run / "config.toml").exists()
+    assert (run / "checkpoints" / "params.h5").exists()
+    assert (run / "hf_cache.h5").exists()
+
+
+def test_analyze_json(h2_run):
+    run, _ = h2_run
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "analyze", str(run), "--json"],
+                          capture_output=True, text=True, check=True)
+    rows = json.loads(proc.stdout)
+    assert [r["name"] for r in rows] == ["H2_a", "H2_b"]
+    assert rows[0]["reference"] == pytest.approx(-1.1744757)
+    assert rows[1]["reference"] is None
+    assert all(isinstance(r["energy"], float) and r["error"] > 0 for r in rows)
+
+
+def test_evaluate_from_checkpoint_zero_shot(h2_run, tmp_path):
+    """[init] mode = "evaluate" loads the parameters and only evaluates (on another geometry)."""
+    run, _ = h2_run
+    job = tmp_path / "zs.toml"
+    job.write_text(f"""
+[[geometry]]
+name = "H2_c"
+atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.5, 0.0, 0.0]]
+[model]
+n_determinants = 2
+[optimization]
+batch_size = 32
+[mcmc]
+steps_per_update = 3
+[evaluation]
+steps = 5
+burn_in_steps = 10
+[init]
+checkpoint = "{run / 'checkpoints' / 'params.h5'}"
+mode = "evaluate"
+[output]
+dir = "{tmp_path / 'zs'}"
+""")
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(tmp_path / "zs" / "energies.h5", "r") as f:
+        assert f["train/step"].shape == (0,)
+        assert np.isfinite(f["evaluation/energy"][0])
