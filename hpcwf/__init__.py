@@ -1,2 +1,3 @@
 """hpcwf: transferable neural wavefunctions from Hartree-Fock orbital descriptors."""
+
 __version__ = "0.1.0"

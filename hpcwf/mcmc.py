@@ -34,7 +34,11 @@ class WalkerState:
 
 
 def initial_electrons(
-    rng: np.random.Generator, nuclei: np.ndarray, charges: np.ndarray, n_up: int, n_dn: int,
+    rng: np.random.Generator,
+    nuclei: np.ndarray,
+    charges: np.ndarray,
+    n_up: int,
+    n_dn: int,
     n_walkers: int,
 ) -> np.ndarray:
     """Electrons placed around nuclei (spins alternating per atom), Gaussian noise of 1 bohr.

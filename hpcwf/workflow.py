@@ -70,12 +70,16 @@ def prepare_systems(cfg: JobConfig, cache_path: Path, log: Callable) -> list[Sys
         hf = cache.get_or_compute(mol, cfg.hartree_fock.basis, cfg.hartree_fock.elements)
         data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, DTYPE)
         orbitals = HartreeFockOrbitals(
-            basis=jax.tree_util.tree_map(lambda x: jnp.asarray(x, DTYPE) if x.dtype.kind == "f" else x, hf.basis()),
+            basis=jax.tree_util.tree_map(
+                lambda x: jnp.asarray(x, DTYPE) if x.dtype.kind == "f" else x, hf.basis()
+            ),
             mo_coeff_up=jnp.asarray(hf.mo_coeff_up, DTYPE),
             mo_coeff_dn=jnp.asarray(hf.mo_coeff_dn, DTYPE),
         )
-        log(f"HF  {mol.name:<16} E_HF = {hf.energy:.6f} Ha  (n_up={mol.n_up}, n_dn={mol.n_dn}, "
-            f"{time.perf_counter() - t0:.1f} s)")
+        log(
+            f"HF  {mol.name:<16} E_HF = {hf.energy:.6f} Ha  (n_up={mol.n_up}, n_dn={mol.n_dn}, "
+            f"{time.perf_counter() - t0:.1f} s)"
+        )
         systems.append(System(i, mol.name, hf, data, orbitals, mol.reference_energy))
     return systems
 
@@ -85,11 +89,16 @@ def make_model(cfg: JobConfig) -> Wavefunction:
     if cfg.model.orbitals == "backflow":
         shapes = {(m.n_up, m.n_dn, m.n_atoms) for m in cfg.geometries}
         if len(shapes) > 1:
-            raise ConfigError(cfg.job_file, "model.orbitals",
-                              "'backflow' needs all geometries to have the same n_up, n_dn, n_atoms")
+            raise ConfigError(
+                cfg.job_file,
+                "model.orbitals",
+                "'backflow' needs all geometries to have the same n_up, n_dn, n_atoms",
+            )
         m = cfg.geometries[0]
         backflow_shape = (m.n_electrons, m.n_atoms)
-    return build_wavefunction(cfg.model.size, cfg.model.orbitals, cfg.model.n_determinants, backflow_shape)
+    return build_wavefunction(
+        cfg.model.size, cfg.model.orbitals, cfg.model.n_determinants, backflow_shape
+    )
 
 
 def params_metadata(cfg: JobConfig) -> dict:
@@ -109,16 +118,22 @@ def restore_params(path: str, template, cfg: JobConfig):
     expected = params_metadata(cfg)
     for key in ("model_size", "orbitals", "n_determinants", "basis", "elements"):
         if key in meta and str(meta[key]) != str(expected[key]):
-            raise CheckpointError(f"{path}: {key} is {meta[key]!r} but this job has {expected[key]!r}")
+            raise CheckpointError(
+                f"{path}: {key} is {meta[key]!r} but this job has {expected[key]!r}"
+            )
     flat_template = traverse_util.flatten_dict(template)
     flat_loaded = traverse_util.flatten_dict(loaded)
     if set(flat_template) != set(flat_loaded):
         raise CheckpointError(f"{path}: parameter tree does not match this model")
     for k, v in flat_template.items():
         if flat_loaded[k].shape != v.shape:
-            raise CheckpointError(f"{path}: parameter {'/'.join(k)} has shape "
-                                  f"{flat_loaded[k].shape}, model needs {v.shape}")
-    return traverse_util.unflatten_dict({k: jnp.asarray(flat_loaded[k], v.dtype) for k, v in flat_template.items()})
+            raise CheckpointError(
+                f"{path}: parameter {'/'.join(k)} has shape "
+                f"{flat_loaded[k].shape}, model needs {v.shape}"
+            )
+    return traverse_util.unflatten_dict(
+        {k: jnp.asarray(flat_loaded[k], v.dtype) for k, v in flat_template.items()}
+    )
 
 
 def stage_key(root: jax.Array, stage: int, step: int) -> jax.Array:
@@ -131,8 +146,11 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
     jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 (METHOD pitfall 4)
     out = Path(cfg.output.dir)
     if (out / "energies.h5").exists():
-        raise ConfigError(cfg.job_file, "output.dir",
-                          f"{out} already holds a run (energies.h5); choose another dir")
+        raise ConfigError(
+            cfg.job_file,
+            "output.dir",
+            f"{out} already holds a run (energies.h5); choose another dir",
+        )
     model = make_model(cfg)
     init_file = None
     if cfg.init.checkpoint:
@@ -149,18 +167,28 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
     if init_file:
         params = restore_params(init_file, params, cfg)
         log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
-    log(f"model: size {cfg.model.size}, {cfg.model.orbitals} orbitals, "
-        f"{cfg.model.n_determinants} determinants, {count_parameters(params)} parameters")
+    log(
+        f"model: size {cfg.model.size}, {cfg.model.orbitals} orbitals, "
+        f"{cfg.model.n_determinants} determinants, {count_parameters(params)} parameters"
+    )
 
-    energy_log = EnergyLog(out / "energies.h5", [s.name for s in systems], [s.reference for s in systems])
+    energy_log = EnergyLog(
+        out / "energies.h5", [s.name for s in systems], [s.reference for s in systems]
+    )
     log_abs_psi = log_abs_psi_fn(model)
     batched_log_abs = jax.vmap(log_abs_psi, (None, 0, None))
     n_walkers = cfg.optimization.batch_size
     rng = np.random.default_rng(cfg.seed)
     walkers = {}
     for s in systems:
-        electrons = initial_electrons(rng, np.asarray(s.data.nuclei), np.asarray(s.data.charges),
-                                      s.data.n_up, s.data.n_dn, n_walkers)
+        electrons = initial_electrons(
+            rng,
+            np.asarray(s.data.nuclei),
+            np.asarray(s.data.charges),
+            s.data.n_up,
+            s.data.n_dn,
+            n_walkers,
+        )
         walkers[s.index] = electrons
 
     training = not (init_file and cfg.init.mode == "evaluate")
@@ -168,8 +196,11 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
         params, walkers = pretrain(cfg, model, params, systems, walkers, root, log)
 
     states = {
-        s.index: new_geometry_state(init_walkers(batched_log_abs, params, s.data, walkers[s.index],
-                                                 cfg.mcmc.initial_step_size))
+        s.index: new_geometry_state(
+            init_walkers(
+                batched_log_abs, params, s.data, walkers[s.index], cfg.mcmc.initial_step_size
+            )
+        )
         for s in systems
     }
     local_energy = make_local_energy(log_abs_psi, "forward")
@@ -183,8 +214,19 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
         states[s.index] = st.replace(walkers=w)
 
     if training and cfg.optimization.steps > 0:
-        params = optimize(cfg, params, systems, states, local_energy, log_abs_psi, burn, root,
-                          energy_log, log, finetune=bool(init_file))
+        params = optimize(
+            cfg,
+            params,
+            systems,
+            states,
+            local_energy,
+            log_abs_psi,
+            burn,
+            root,
+            energy_log,
+            log,
+            finetune=bool(init_file),
+        )
     save_params(out / "checkpoints" / "params.h5", jax.device_get(params), params_metadata(cfg))
     energy_log.flush()
 
@@ -196,22 +238,34 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
 
 def pretrain(cfg, model, params, systems, electrons, root, log):
     """HF pre-training, geometries round-robin. Returns (params, walkers sampled from HF)."""
-    tx, step_fn = make_pretrain_step(model, cfg.pretraining.learning_rate, cfg.mcmc.steps_per_update)
+    tx, step_fn = make_pretrain_step(
+        model, cfg.pretraining.learning_rate, cfg.mcmc.steps_per_update
+    )
     opt_state = tx.init(params)
     n = cfg.pretraining.batch_size or cfg.optimization.batch_size
     hf_batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
     walkers = {
-        s.index: init_walkers(hf_batched, s.hf_orbitals, s.data, electrons[s.index][:n], cfg.mcmc.initial_step_size)
+        s.index: init_walkers(
+            hf_batched, s.hf_orbitals, s.data, electrons[s.index][:n], cfg.mcmc.initial_step_size
+        )
         for s in systems
     }
     t0 = time.perf_counter()
     for t in range(cfg.pretraining.steps):
         s = systems[t % len(systems)]
         params, opt_state, walkers[s.index], loss, pmove = step_fn(
-            params, opt_state, s.data, s.hf_orbitals, walkers[s.index], stage_key(root, STAGE_PRETRAIN, t))
+            params,
+            opt_state,
+            s.data,
+            s.hf_orbitals,
+            walkers[s.index],
+            stage_key(root, STAGE_PRETRAIN, t),
+        )
         if (t + 1) % cfg.output.print_every == 0 or t + 1 == cfg.pretraining.steps:
-            log(f"pretrain {t + 1:>6}/{cfg.pretraining.steps}  {s.name:<12} loss {float(loss):.3e}  "
-                f"pmove {float(pmove):.2f}  {(time.perf_counter() - t0) / (t + 1):.3f} s/step")
+            log(
+                f"pretrain {t + 1:>6}/{cfg.pretraining.steps}  {s.name:<12} loss {float(loss):.3e}  "
+                f"pmove {float(pmove):.2f}  {(time.perf_counter() - t0) / (t + 1):.3f} s/step"
+            )
     # Pre-trained walkers (HF distribution) replace the first n starting positions.
     sampled = {i: electrons[i].copy() for i in electrons}
     for i, w in walkers.items():
@@ -219,21 +273,50 @@ def pretrain(cfg, model, params, systems, electrons, root, log):
     return params, sampled
 
 
-def optimize(cfg, params, systems, states, local_energy, log_abs_psi, burn, root, energy_log, log,
-             finetune: bool):
+def optimize(
+    cfg,
+    params,
+    systems,
+    states,
+    local_energy,
+    log_abs_psi,
+    burn,
+    root,
+    energy_log,
+    log,
+    finetune: bool,
+):
     """VMC with one geometry per step, chosen by the scheduler. Updates `states` in place."""
     o = cfg.optimization
     if finetune:  # fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3)
-        schedule = ScheduleSettings(o.learning_rate * cfg.init.lr_factor, o.lr_decay_steps,
-                                    cfg.init.lr_offset, cfg.init.damping, cfg.init.damping,
-                                    o.damping_decay_steps, o.norm_constraint)
+        schedule = ScheduleSettings(
+            o.learning_rate * cfg.init.lr_factor,
+            o.lr_decay_steps,
+            cfg.init.lr_offset,
+            cfg.init.damping,
+            cfg.init.damping,
+            o.damping_decay_steps,
+            o.norm_constraint,
+        )
     else:
-        schedule = ScheduleSettings(o.learning_rate, o.lr_decay_steps, o.lr_offset, o.damping,
-                                    o.damping_initial, o.damping_decay_steps, o.norm_constraint)
+        schedule = ScheduleSettings(
+            o.learning_rate,
+            o.lr_decay_steps,
+            o.lr_offset,
+            o.damping,
+            o.damping_initial,
+            o.damping_decay_steps,
+            o.norm_constraint,
+        )
     optimizer = make_optimizer(o.optimizer, make_energy_loss(log_abs_psi), schedule)
     sample_and_measure = make_sample_and_measure(
-        log_abs_psi, local_energy, cfg.mcmc.steps_per_update, cfg.mcmc.target_acceptance,
-        cfg.mcmc.max_age, o.clip_width)
+        log_abs_psi,
+        local_energy,
+        cfg.mcmc.steps_per_update,
+        cfg.mcmc.target_acceptance,
+        cfg.mcmc.max_age,
+        o.clip_width,
+    )
     scheduler = GeometryScheduler(len(systems), cfg.scheduler.warmup_rounds, cfg.scheduler.max_age)
     burned_in: set[int] = set()
     opt_state = None
@@ -255,22 +338,35 @@ def optimize(cfg, params, systems, states, local_energy, log_abs_psi, burn, root
             params, opt_state, opt_stats = optimizer.step(params, opt_state, k_opt, batch, t)
             opt_stats = jax.device_get(opt_stats)
         else:  # never step on a batch with non-finite local energies
-            log(f"step {t}: {int(stats['n_nonfinite'])} non-finite local energies on {s.name}; update skipped")
+            log(
+                f"step {t}: {int(stats['n_nonfinite'])} non-finite local energies on {s.name}; update skipped"
+            )
             opt_stats = {"learning_rate": np.nan, "damping": np.nan, "grad_norm": np.nan}
         jax.block_until_ready(params)
         step_time = time.perf_counter() - t_step
         scheduler.record(s.index, t, float(stats["variance"]))
         energy_log.append(
-            step=t, geometry=s.index, energy=stats["energy"], variance=stats["variance"],
-            clipped_energy=stats["clipped_energy"], pmove=stats["pmove"], step_size=stats["step_size"],
-            learning_rate=opt_stats["learning_rate"], damping=opt_stats["damping"],
-            grad_norm=opt_stats["grad_norm"], time=time.perf_counter() - t_start, step_time=step_time)
+            step=t,
+            geometry=s.index,
+            energy=stats["energy"],
+            variance=stats["variance"],
+            clipped_energy=stats["clipped_energy"],
+            pmove=stats["pmove"],
+            step_size=stats["step_size"],
+            learning_rate=opt_stats["learning_rate"],
+            damping=opt_stats["damping"],
+            grad_norm=opt_stats["grad_norm"],
+            time=time.perf_counter() - t_start,
+            step_time=step_time,
+        )
         window.append(step_time)
         if (t + 1) % cfg.output.print_every == 0 or t + 1 == o.steps:
             err = float(np.sqrt(stats["variance"] / batch.electrons.shape[0]))
-            log(f"step {t + 1:>7}/{o.steps}  {s.name:<12} E = {float(stats['energy']):.5f} +- {err:.5f} Ha"
+            log(
+                f"step {t + 1:>7}/{o.steps}  {s.name:<12} E = {float(stats['energy']):.5f} +- {err:.5f} Ha"
                 f"  var {float(stats['variance']):.4f}  pmove {float(stats['pmove']):.2f}"
-                f"  {np.median(window):.3f} s/step")
+                f"  {np.median(window):.3f} s/step"
+            )
             window.clear()
     return params
 
@@ -278,8 +374,12 @@ def optimize(cfg, params, systems, states, local_energy, log_abs_psi, burn, root
 def evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root, log) -> dict:
     """Unclipped E_L over `evaluation.steps` samples per geometry with fixed parameters;
     blocking error bars on the series of per-step walker means."""
-    sweep = make_mcmc_sweep(jax.vmap(log_abs_psi, (None, 0, None)), cfg.mcmc.steps_per_update,
-                            cfg.mcmc.target_acceptance, cfg.mcmc.max_age)
+    sweep = make_mcmc_sweep(
+        jax.vmap(log_abs_psi, (None, 0, None)),
+        cfg.mcmc.steps_per_update,
+        cfg.mcmc.target_acceptance,
+        cfg.mcmc.max_age,
+    )
     energies_fn = jax.vmap(local_energy, (None, 0, None))
 
     @jax.jit
@@ -295,16 +395,26 @@ def evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root
         w = states[s.index].walkers
         means, variances = [], []
         for t in range(cfg.evaluation.steps):
-            w, m, v = eval_step(params, s.data, w, stage_key(root, STAGE_EVAL, 1_000_000 * (s.index + 1) + t))
+            w, m, v = eval_step(
+                params, s.data, w, stage_key(root, STAGE_EVAL, 1_000_000 * (s.index + 1) + t)
+            )
             means.append(float(m))
             variances.append(float(v))
         states[s.index] = states[s.index].replace(walkers=w)
         b = blocking_analysis(np.array(means))
         results[s.index] = {
-            "energy": b.mean, "error": b.error, "variance": float(np.mean(variances)),
+            "energy": b.mean,
+            "error": b.error,
+            "variance": float(np.mean(variances)),
             "autocorrelation_time": b.autocorrelation_time,
             "n_samples": b.n_samples * w.electrons.shape[0],
         }
-        ref = "" if s.reference is None else f"  ref {s.reference:.5f}  diff {1000 * (b.mean - s.reference):+.2f} mHa"
-        log(f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {b.autocorrelation_time:.1f}{ref}")
+        ref = (
+            ""
+            if s.reference is None
+            else f"  ref {s.reference:.5f}  diff {1000 * (b.mean - s.reference):+.2f} mHa"
+        )
+        log(
+            f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {b.autocorrelation_time:.1f}{ref}"
+        )
     return results

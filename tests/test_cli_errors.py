@@ -10,10 +10,18 @@ LIH = '[[geometry]]\nname = "LiH"\natoms = [["Li", 0.0, 0.0, 0.0], ["H", 3.015, 
 CASES = {
     "malformed": ("[[geometry]\nname=", "<toml>"),
     "unknown_key": (LIH + "[model]\nsise = 'S'\n", "model.sise"),
-    "impossible_spin": ('[[geometry]]\nname = "H2"\natoms = [["H", 0, 0, 0], ["H", 1.4, 0, 0]]\nspin = 1\n',
-                        "geometry[0].spin"),
-    "unknown_element": ('[[geometry]]\nname = "X"\natoms = [["Xx", 0, 0, 0]]\n', "geometry[0].atoms[0]"),
-    "overlap": ('[[geometry]]\nname = "H2"\natoms = [["H", 0, 0, 0], ["H", 0, 0, 0.01]]\n', "geometry[0].atoms[1]"),
+    "impossible_spin": (
+        '[[geometry]]\nname = "H2"\natoms = [["H", 0, 0, 0], ["H", 1.4, 0, 0]]\nspin = 1\n',
+        "geometry[0].spin",
+    ),
+    "unknown_element": (
+        '[[geometry]]\nname = "X"\natoms = [["Xx", 0, 0, 0]]\n',
+        "geometry[0].atoms[0]",
+    ),
+    "overlap": (
+        '[[geometry]]\nname = "H2"\natoms = [["H", 0, 0, 0], ["H", 0, 0, 0.01]]\n',
+        "geometry[0].atoms[1]",
+    ),
     "missing_checkpoint": (LIH + '[init]\ncheckpoint = "nope.h5"\n', "init.checkpoint"),
 }
 
@@ -22,10 +30,16 @@ CASES = {
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, case):
     text, key = CASES[case]
     job = tmp_path / "job.toml"
-    job.write_text(text + f'\n[output]\ndir = "{tmp_path / "run"}"\n' if case != "malformed" else text)
+    job.write_text(
+        text + f'\n[output]\ndir = "{tmp_path / "run"}"\n' if case != "malformed" else text
+    )
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True,
-                          text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "run", str(job)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -39,7 +53,9 @@ def test_corrupt_init_checkpoint(tmp_path):
     bad.write_bytes(b"not an hdf5 file")
     job = tmp_path / "job.toml"
     job.write_text(LIH + f'[init]\ncheckpoint = "{bad}"\n[output]\ndir = "{tmp_path / "run"}"\n')
-    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {bad}")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -52,7 +68,9 @@ def test_existing_run_is_not_overwritten(tmp_path):
     (run / "energies.h5").write_bytes(b"precious")
     job = tmp_path / "job.toml"
     job.write_text(LIH + f'[output]\ndir = "{run}"\n')
-    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert (run / "energies.h5").read_bytes() == b"precious"
     assert sorted(p.name for p in run.iterdir()) == ["energies.h5"]

@@ -23,10 +23,13 @@ name = "LiH"
 atoms = [["Li", 0.0, 0.0, 0.0], ["H", 3.015, 0.0, 0.0]]
 """
 
-MINIMAL = LIH + """
+MINIMAL = (
+    LIH
+    + """
 [output]
 dir = "runs/lih"
 """
+)
 
 
 def write(path: Path, text: str) -> Path:

@@ -28,8 +28,13 @@ H2O = Molecule.create("H2O", [["O", 0, 0, 0], ["H", 0, 1.43, 1.1], ["H", 0, -1.4
 # Symmetric CH4: triply degenerate canonical orbitals, the hard case for determinism.
 CH4 = Molecule.create(
     "CH4",
-    [["C", 0, 0, 0], ["H", 1.18, 1.18, 1.18], ["H", -1.18, -1.18, 1.18],
-     ["H", -1.18, 1.18, -1.18], ["H", 1.18, -1.18, -1.18]],
+    [
+        ["C", 0, 0, 0],
+        ["H", 1.18, 1.18, 1.18],
+        ["H", -1.18, -1.18, 1.18],
+        ["H", -1.18, 1.18, -1.18],
+        ["H", 1.18, -1.18, -1.18],
+    ],
 )
 H_ATOM = Molecule.create("H", [["H", 0.1, -0.2, 0.3]])
 LIH_CATION = Molecule.create("LiH+", [["Li", 0, 0, 0], ["H", 0, 0, 3.015]], charge=1)
@@ -255,15 +260,26 @@ def test_orbital_gradient_finite_at_nucleus(hf_h2o):
 def test_ao_gradient_matches_finite_differences_at_nucleus(x64):
     """At a nucleus the s AOs are flat and the p AOs have slope = their prefactor: no NaN tricks
     that silently zero a true gradient."""
-    mol = gto.M(atom="O 0 0 0; H 0 1.43 1.1; H 0 -1.43 1.1", unit="Bohr", basis="6-31G**",
-                cart=True, verbose=0)
+    mol = gto.M(
+        atom="O 0 0 0; H 0 1.43 1.1; H 0 -1.43 1.1",
+        unit="Bohr",
+        basis="6-31G**",
+        cart=True,
+        verbose=0,
+    )
     basis = basis_from_pyscf(mol)
     nucleus = jnp.asarray(mol.atom_coords()[0])
     jac = np.asarray(jax.jacfwd(lambda r: evaluate_aos(basis, r))(nucleus))  # [n_ao, 3]
     h = 1e-5
-    fd = np.stack([
-        (mol.eval_gto("GTOval_cart", (np.asarray(nucleus) + h * e)[None])[0]
-         - mol.eval_gto("GTOval_cart", (np.asarray(nucleus) - h * e)[None])[0]) / (2 * h)
-        for e in np.eye(3)
-    ], axis=1)
+    fd = np.stack(
+        [
+            (
+                mol.eval_gto("GTOval_cart", (np.asarray(nucleus) + h * e)[None])[0]
+                - mol.eval_gto("GTOval_cart", (np.asarray(nucleus) - h * e)[None])[0]
+            )
+            / (2 * h)
+            for e in np.eye(3)
+        ],
+        axis=1,
+    )
     np.testing.assert_allclose(jac, fd, atol=1e-6 * np.abs(fd).max())

@@ -26,8 +26,12 @@ def test_vmc_of_hf_determinant_reproduces_pyscf_energy():
     hf = run_hartree_fock(mol, "STO-6G")
     data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, jnp.float32)
     orbitals = HartreeFockOrbitals(
-        jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32) if x.dtype.kind == "f" else x, hf.basis()),
-        jnp.asarray(hf.mo_coeff_up, jnp.float32), jnp.asarray(hf.mo_coeff_dn, jnp.float32))
+        jax.tree_util.tree_map(
+            lambda x: jnp.asarray(x, jnp.float32) if x.dtype.kind == "f" else x, hf.basis()
+        ),
+        jnp.asarray(hf.mo_coeff_up, jnp.float32),
+        jnp.asarray(hf.mo_coeff_dn, jnp.float32),
+    )
     batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
     rng = np.random.default_rng(0)
     electrons = initial_electrons(rng, mol.coords, mol.charges, mol.n_up, mol.n_dn, 512)
@@ -61,7 +65,7 @@ def test_scheduler_round_robin_then_largest_std_without_starvation():
     s = GeometryScheduler(3, warmup_rounds=1, max_age=4)
     picks = [s.next_geometry(t) for t in range(3)]
     assert picks == [0, 1, 2]
-    for t, (g, var) in enumerate(zip(picks, [1.0, 9.0, 4.0])):
+    for t, (g, var) in enumerate(zip(picks, [1.0, 9.0, 4.0], strict=False)):
         s.record(g, t, var)
     assert s.next_geometry(3) == 1
     s.record(1, 3, 9.0)
@@ -103,7 +107,9 @@ def h2_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("h2")
     job = tmp / "h2.toml"
     job.write_text(H2_JOB.format(dir=tmp / "run"))
-    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "run", proc
 
@@ -115,7 +121,9 @@ def test_two_geometry_job_trains_and_evaluates(h2_run):
         train = f["train"]
         n = train["step"].shape[0]
         assert n == 12
-        assert all(train[k].shape == (n,) for k in ("geometry", "energy", "variance", "pmove", "time"))
+        assert all(
+            train[k].shape == (n,) for k in ("geometry", "energy", "variance", "pmove", "time")
+        )
         assert set(train["geometry"][:]) == {0, 1}
         assert np.all(np.isfinite(train["energy"][:]))
         ev = f["evaluation"]
@@ -129,8 +137,12 @@ def test_two_geometry_job_trains_and_evaluates(h2_run):
 
 def test_analyze_json(h2_run):
     run, _ = h2_run
-    proc = subprocess.run([sys.executable, "-m", "hpcwf", "analyze", str(run), "--json"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "analyze", str(run), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = json.loads(proc.stdout)
     assert [r["name"] for r in rows] == ["H2_a", "H2_b"]
     assert rows[0]["reference"] == pytest.approx(-1.1744757)
@@ -156,12 +168,14 @@ steps_per_update = 3
 steps = 5
 burn_in_steps = 10
 [init]
-checkpoint = "{run / 'checkpoints' / 'params.h5'}"
+checkpoint = "{run / "checkpoints" / "params.h5"}"
 mode = "evaluate"
 [output]
-dir = "{tmp_path / 'zs'}"
+dir = "{tmp_path / "zs"}"
 """)
-    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with h5py.File(tmp_path / "zs" / "energies.h5", "r") as f:
         assert f["train/step"].shape == (0,)

@@ -63,8 +63,12 @@ def test_gnn_odd_f_odd_g_even_positive():
     c = geometry.descriptors_up
     gnn = ContextGNN(width=16, n_iterations=2)
     p = gnn.init(jax.random.PRNGKey(0), c, geometry.nuclei)
-    np.testing.assert_allclose(gnn.apply(p, -c, geometry.nuclei), -gnn.apply(p, c, geometry.nuclei), atol=1e-6)
-    maps = DescriptorMaps(gnn_width=16, gnn_iterations=2, f_widths=(32, 32), g_widths=(16,), n_det=2, d_emb=8)
+    np.testing.assert_allclose(
+        gnn.apply(p, -c, geometry.nuclei), -gnn.apply(p, c, geometry.nuclei), atol=1e-6
+    )
+    maps = DescriptorMaps(
+        gnn_width=16, gnn_iterations=2, f_widths=(32, 32), g_widths=(16,), n_det=2, d_emb=8
+    )
     p = maps.init(jax.random.PRNGKey(0), c, geometry.nuclei)
     f_pos, a_pos = maps.apply(p, c, geometry.nuclei)
     f_neg, a_neg = maps.apply(p, -c, geometry.nuclei)
@@ -78,7 +82,12 @@ def test_parameter_count_independent_of_molecule():
     model = build_wavefunction("S", "tao", 4)
     counts = {
         name: count_parameters(init_params(model, jax.random.PRNGKey(0), random_geometry(*shape)))
-        for name, shape in {"H2": (2, 1, 1), "LiH": (2, 2, 2), "H2O": (3, 5, 5), "H": (1, 1, 0)}.items()
+        for name, shape in {
+            "H2": (2, 1, 1),
+            "LiH": (2, 2, 2),
+            "H2O": (3, 5, 5),
+            "H": (1, 1, 0),
+        }.items()
     }
     assert len(set(counts.values())) == 1, counts
 

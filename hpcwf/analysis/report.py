@@ -28,7 +28,9 @@ def geometry_results(run_dir: str | Path) -> list[dict]:
         raise RunDirError(f"{path}: not found (is {run_dir} an hpcwf run directory?)")
     try:
         with h5py.File(path, "r") as f:
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["geometries/names"][:]]
+            names = [
+                n.decode() if isinstance(n, bytes) else str(n) for n in f["geometries/names"][:]
+            ]
             refs = f["geometries/reference_energy"][:]
             geometry_index = f["train/geometry"][:] if "train" in f else np.zeros(0, int)
             ev = {k: f["evaluation"][k][:] for k in f["evaluation"]} if "evaluation" in f else None
@@ -37,14 +39,25 @@ def geometry_results(run_dir: str | Path) -> list[dict]:
     out = []
     for i, name in enumerate(names):
         ref = _nan_to_none(refs[i])
-        row = {"name": name, "energy": None, "error": None, "reference": ref, "error_mha": None,
-               "variance": None, "autocorrelation_time": None, "n_samples": 0,
-               "steps_trained": int(np.sum(geometry_index == i))}
+        row = {
+            "name": name,
+            "energy": None,
+            "error": None,
+            "reference": ref,
+            "error_mha": None,
+            "variance": None,
+            "autocorrelation_time": None,
+            "n_samples": 0,
+            "steps_trained": int(np.sum(geometry_index == i)),
+        }
         if ev is not None:
-            row.update(energy=_nan_to_none(ev["energy"][i]), error=_nan_to_none(ev["error"][i]),
-                       variance=_nan_to_none(ev["variance"][i]),
-                       autocorrelation_time=_nan_to_none(ev["autocorrelation_time"][i]),
-                       n_samples=int(ev["n_samples"][i]))
+            row.update(
+                energy=_nan_to_none(ev["energy"][i]),
+                error=_nan_to_none(ev["error"][i]),
+                variance=_nan_to_none(ev["variance"][i]),
+                autocorrelation_time=_nan_to_none(ev["autocorrelation_time"][i]),
+                n_samples=int(ev["n_samples"][i]),
+            )
         if row["energy"] is not None and ref is not None:
             row["error_mha"] = 1000.0 * (row["energy"] - ref)
         out.append(row)
@@ -55,13 +68,17 @@ def format_table(rows: list[dict]) -> str:
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)
 
-    lines = [f"{'geometry':<20} {'E (Ha)':>14} {'+-':>10} {'reference':>13} {'E-ref (mHa)':>12} "
-             f"{'variance':>10} {'tau':>6} {'steps':>7}"]
+    lines = [
+        f"{'geometry':<20} {'E (Ha)':>14} {'+-':>10} {'reference':>13} {'E-ref (mHa)':>12} "
+        f"{'variance':>10} {'tau':>6} {'steps':>7}"
+    ]
     for r in rows:
-        lines.append(f"{r['name']:<20} {fmt(r['energy'], '.6f'):>14} {fmt(r['error'], '.6f'):>10} "
-                     f"{fmt(r['reference'], '.6f'):>13} {fmt(r['error_mha'], '+.2f'):>12} "
-                     f"{fmt(r['variance'], '.4f'):>10} {fmt(r['autocorrelation_time'], '.1f'):>6} "
-                     f"{r['steps_trained']:>7}")
+        lines.append(
+            f"{r['name']:<20} {fmt(r['energy'], '.6f'):>14} {fmt(r['error'], '.6f'):>10} "
+            f"{fmt(r['reference'], '.6f'):>13} {fmt(r['error_mha'], '+.2f'):>12} "
+            f"{fmt(r['variance'], '.4f'):>10} {fmt(r['autocorrelation_time'], '.1f'):>6} "
+            f"{r['steps_trained']:>7}"
+        )
     return "\n".join(lines)
 
 

@@ -51,7 +51,10 @@ def blocking_analysis(series: np.ndarray, min_blocks: int = 16) -> BlockingResul
         blocks = 0.5 * (blocks[0:m2:2] + blocks[1:m2:2])
     error = max(errors)
     for k in range(len(errors)):
-        if all(errors[j] - errors[k] <= uncertainties[j] + uncertainties[k] for j in range(k + 1, len(errors))):
+        if all(
+            errors[j] - errors[k] <= uncertainties[j] + uncertainties[k]
+            for j in range(k + 1, len(errors))
+        ):
             error = errors[k]
             break
     naive = errors[0]

@@ -435,8 +435,7 @@ def load_job(path: str | os.PathLike) -> JobConfig:
     top = {f.name: f for f in dataclasses.fields(JobConfig)}
     seed = _parse_field(data.get("seed", top["seed"].default), top["seed"], int, "seed", file)
     parsed = {
-        name: _parse_section(cls, data.get(name, {}), name, file)
-        for name, cls in sections.items()
+        name: _parse_section(cls, data.get(name, {}), name, file) for name, cls in sections.items()
     }
     elements = parsed["hartree_fock"].elements
 
@@ -503,8 +502,7 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
     for name in _section_fields():
         section = getattr(cfg, name)
         out[name] = {
-            f.name: _to_toml_value(getattr(section, f.name))
-            for f in dataclasses.fields(section)
+            f.name: _to_toml_value(getattr(section, f.name)) for f in dataclasses.fields(section)
         }
     out["geometry"] = [mol.to_dict() for mol in cfg.geometries]
     return out

@@ -64,7 +64,7 @@ class ContextGNN(nn.Module):
 
     def _forward(self, c: jnp.ndarray, gates: jnp.ndarray) -> jnp.ndarray:
         x = self.input_layer(c)
-        for msg, slf, upd in zip(self.message_layers, self.self_layers, self.update_layers):
+        for msg, slf, upd in zip(self.message_layers, self.self_layers, self.update_layers, strict=False):
             m = jnp.einsum("ijw,jkw->ikw", gates, msg(x))
             x = x + upd(nn.tanh(slf(x) + m))
         return x
@@ -155,11 +155,17 @@ class TAOOrbitals(nn.Module):
         h_up, h_dn = h[:n_up], h[n_up:]
         d_up, d_dn = dist_en[:n_up], dist_en[n_up:]
         upper = jnp.concatenate(
-            [tao_block(h_up, d_up, f_up, alpha_up, True), tao_block(h_up, d_up, f_dn, alpha_dn, False)],
+            [
+                tao_block(h_up, d_up, f_up, alpha_up, True),
+                tao_block(h_up, d_up, f_dn, alpha_dn, False),
+            ],
             axis=-1,
         )
         lower = jnp.concatenate(
-            [tao_block(h_dn, d_dn, f_up, alpha_up, False), tao_block(h_dn, d_dn, f_dn, alpha_dn, True)],
+            [
+                tao_block(h_dn, d_dn, f_up, alpha_up, False),
+                tao_block(h_dn, d_dn, f_dn, alpha_dn, True),
+            ],
             axis=-1,
         )
         return jnp.concatenate([upper, lower], axis=1)

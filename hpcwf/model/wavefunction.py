@@ -64,7 +64,9 @@ class Wavefunction(nn.Module):
 
     def setup(self):
         s = self.size
-        self.embedding = ElectronEmbedding(s.width_one, s.width_two, s.width_nuc, s.embedding_iterations)
+        self.embedding = ElectronEmbedding(
+            s.width_one, s.width_two, s.width_nuc, s.embedding_iterations
+        )
         if self.orbitals == "tao":
             self.orbital_map = TAOOrbitals(
                 s.gnn_width, s.gnn_iterations, s.f_widths, s.g_widths, self.n_det, s.width_one
@@ -82,7 +84,12 @@ class Wavefunction(nn.Module):
         h = self.embedding(electrons, geometry.nuclei, geometry.charges, n_up)
         if self.orbitals == "tao":
             return self.orbital_map(
-                h, electrons, geometry.nuclei, geometry.descriptors_up, geometry.descriptors_dn, n_up
+                h,
+                electrons,
+                geometry.nuclei,
+                geometry.descriptors_up,
+                geometry.descriptors_dn,
+                n_up,
             )
         return self.orbital_map(h, electrons, geometry.nuclei, n_up)
 

@@ -53,7 +53,10 @@ def _cartesian_powers(l: int) -> list[tuple[int, int, int]]:
 
 
 def _evaluate_aos_numpy(
-    centers: np.ndarray, powers: np.ndarray, exponents: np.ndarray, coefficients: np.ndarray,
+    centers: np.ndarray,
+    powers: np.ndarray,
+    exponents: np.ndarray,
+    coefficients: np.ndarray,
     r: np.ndarray,
 ) -> np.ndarray:
     """Host float64 twin of `evaluate_aos`, for fitting normalizations. r [n, 3] -> [n, n_ao]."""
@@ -122,7 +125,9 @@ def basis_from_pyscf(mol) -> GaussianBasis:
             f"(relative deviation {err[a] / max(size[a], 1e-300):.2e}); basis conventions differ"
         )
     return GaussianBasis(
-        centers=centers, powers=powers, exponents=exponents,
+        centers=centers,
+        powers=powers,
+        exponents=exponents,
         coefficients=coefficients * scale[:, None],
     )
 

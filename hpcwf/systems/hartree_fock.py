@@ -101,8 +101,12 @@ def _element_mole(element: str, basis: str):
     from pyscf import gto
 
     return gto.M(
-        atom=[[element, (0.0, 0.0, 0.0)]], basis=basis, cart=True, unit="Bohr",
-        spin=ELEMENTS[element] % 2, verbose=0,
+        atom=[[element, (0.0, 0.0, 0.0)]],
+        basis=basis,
+        cart=True,
+        unit="Bohr",
+        spin=ELEMENTS[element] % 2,
+        verbose=0,
     )
 
 
@@ -144,9 +148,7 @@ def _check_elements(molecule: Molecule, elements: Sequence[str]) -> None:
         )
 
 
-def make_descriptors(
-    mol, mo_coeff: np.ndarray, basis: str, elements: Sequence[str]
-) -> np.ndarray:
+def make_descriptors(mol, mo_coeff: np.ndarray, basis: str, elements: Sequence[str]) -> np.ndarray:
     """Scatters orbital coefficients into element blocks.
 
     Args:
@@ -268,8 +270,13 @@ def build_pyscf_molecule(molecule: Molecule, basis: str = DEFAULT_BASIS):
             [s, tuple(map(float, xyz))]
             for s, xyz in zip(molecule.symbols, molecule.coords, strict=True)
         ],
-        basis=basis, cart=True, unit="Bohr", charge=molecule.charge, spin=molecule.spin,
-        symmetry=False, verbose=0,
+        basis=basis,
+        cart=True,
+        unit="Bohr",
+        charge=molecule.charge,
+        spin=molecule.spin,
+        symmetry=False,
+        verbose=0,
     )
 
 
@@ -324,8 +331,11 @@ def run_hartree_fock(
         else:
             (c_up, e_up), (c_dn, e_dn) = (
                 _localize_sort_sign(
-                    mol, mf.mo_coeff[s][:, mf.mo_occ[s] > 0], mf.mo_energy[s][mf.mo_occ[s] > 0],
-                    s1e, dip,
+                    mol,
+                    mf.mo_coeff[s][:, mf.mo_occ[s] > 0],
+                    mf.mo_energy[s][mf.mo_occ[s] > 0],
+                    s1e,
+                    dip,
                 )
                 for s in (0, 1)
             )
@@ -443,7 +453,11 @@ class HartreeFockCache:
         return result
 
     def _store(
-        self, key: str, molecule: Molecule, basis: str, elements: tuple[str, ...],
+        self,
+        key: str,
+        molecule: Molecule,
+        basis: str,
+        elements: tuple[str, ...],
         result: HartreeFockResult,
     ) -> None:
         if self.path.exists() and not h5py.is_hdf5(self.path):

@@ -13,7 +13,16 @@ ANGSTROM_TO_BOHR = 1.0 / 0.52917721092
 
 # Elements hpcwf supports (H-Ne): symbol -> nuclear charge.
 ELEMENTS: dict[str, int] = {
-    "H": 1, "He": 2, "Li": 3, "Be": 4, "B": 5, "C": 6, "N": 7, "O": 8, "F": 9, "Ne": 10,
+    "H": 1,
+    "He": 2,
+    "Li": 3,
+    "Be": 4,
+    "B": 5,
+    "C": 6,
+    "N": 7,
+    "O": 8,
+    "F": 9,
+    "Ne": 10,
 }
 
 # Nuclei closer than this (bohr) are rejected: almost surely a unit or typing mistake.
@@ -74,7 +83,9 @@ class Molecule:
                 not isinstance(atom, (list, tuple))
                 or len(atom) != 4
                 or not isinstance(atom[0], str)
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in atom[1:])
+                or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in atom[1:]
+                )
             ):
                 raise MoleculeError(f"atoms[{i}]", f"must be [symbol, x, y, z], got {atom!r}")
             if atom[0] not in ELEMENTS:
@@ -163,7 +174,7 @@ class Molecule:
         """Input-form description in bohr (used for resolved configs and checkpoints)."""
         out = {
             "name": self.name,
-            "atoms": [[s, *map(float, xyz)] for s, xyz in zip(self.symbols, self.coords)],
+            "atoms": [[s, *map(float, xyz)] for s, xyz in zip(self.symbols, self.coords, strict=False)],
             "charge": self.charge,
             "spin": self.spin,
             "units": "bohr",

@@ -64,12 +64,16 @@ class KFACOptimizer:
 
     def step(self, params, state, key, batch, step: int):
         params, state, stats = self._opt.step(params, state, key, batch=batch, momentum=0.0)
-        return params, state, {
-            "learning_rate": stats["learning_rate"],
-            "damping": stats["damping"],
-            "grad_norm": stats.get("grad_norm", jnp.nan),
-            "update_norm": stats.get("update_norm", jnp.nan),
-        }
+        return (
+            params,
+            state,
+            {
+                "learning_rate": stats["learning_rate"],
+                "damping": stats["damping"],
+                "grad_norm": stats.get("grad_norm", jnp.nan),
+                "update_norm": stats.get("update_norm", jnp.nan),
+            },
+        )
 
 
 class AdamOptimizer:
@@ -95,12 +99,16 @@ class AdamOptimizer:
 
     def step(self, params, state, key, batch, step: int):
         params, state, grad_norm = self._step(params, state, batch)
-        return params, state, {
-            "learning_rate": self.schedule.lr(step),
-            "damping": jnp.nan,
-            "grad_norm": grad_norm,
-            "update_norm": jnp.nan,
-        }
+        return (
+            params,
+            state,
+            {
+                "learning_rate": self.schedule.lr(step),
+                "damping": jnp.nan,
+                "grad_norm": grad_norm,
+                "update_norm": jnp.nan,
+            },
+        )
 
 
 def make_optimizer(kind: str, loss: Callable, schedule: ScheduleSettings):

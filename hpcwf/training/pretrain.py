@@ -33,10 +33,12 @@ def hf_slater_matrix(hf: HartreeFockOrbitals, electrons: jnp.ndarray, n_up: int)
     up = evaluate_orbitals(hf.basis, hf.mo_coeff_up, electrons[:n_up])  # [n_up, n_up]
     dn = evaluate_orbitals(hf.basis, hf.mo_coeff_dn, electrons[n_up:])  # [n_dn, n_dn]
     n_dn = electrons.shape[0] - n_up
-    return jnp.block([
-        [up, jnp.zeros((n_up, n_dn), up.dtype)],
-        [jnp.zeros((n_dn, n_up), up.dtype), dn],
-    ])
+    return jnp.block(
+        [
+            [up, jnp.zeros((n_up, n_dn), up.dtype)],
+            [jnp.zeros((n_dn, n_up), up.dtype), dn],
+        ]
+    )
 
 
 def hf_log_abs_psi(hf: HartreeFockOrbitals, electrons: jnp.ndarray, geometry: GeometryData):
@@ -44,7 +46,9 @@ def hf_log_abs_psi(hf: HartreeFockOrbitals, electrons: jnp.ndarray, geometry: Ge
     return jnp.linalg.slogdet(hf_slater_matrix(hf, electrons, geometry.n_up))[1]
 
 
-def make_pretrain_step(model, learning_rate: float, mcmc_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+def make_pretrain_step(
+    model, learning_rate: float, mcmc_steps: int
+) -> tuple[optax.GradientTransformation, Callable]:
     """Returns (optax transform, jitted step).
 
     step(params, opt_state, geometry, hf, walkers, key) -> (params, opt_state, walkers, loss, pmove)
@@ -54,7 +58,9 @@ def make_pretrain_step(model, learning_rate: float, mcmc_steps: int) -> tuple[op
     sweep = make_mcmc_sweep(hf_batched, mcmc_steps)
 
     def loss_fn(params, geometry, hf, electrons):
-        phi = jax.vmap(lambda r: model.apply(params, r, geometry, method=model.slater_matrices))(electrons)
+        phi = jax.vmap(lambda r: model.apply(params, r, geometry, method=model.slater_matrices))(
+            electrons
+        )
         target = jax.vmap(lambda r: hf_slater_matrix(hf, r, geometry.n_up))(electrons)
         return jnp.mean((phi - target[:, None]) ** 2)
 

@@ -72,8 +72,12 @@ def make_energy_loss(log_abs_psi: Callable) -> Callable:
 
 
 def make_sample_and_measure(
-    log_abs_psi: Callable, local_energy: Callable, mcmc_steps: int, target_acceptance: float,
-    max_age: int, clip_width: float,
+    log_abs_psi: Callable,
+    local_energy: Callable,
+    mcmc_steps: int,
+    target_acceptance: float,
+    max_age: int,
+    clip_width: float,
 ) -> Callable:
     """Returns jitted f(params, geometry, state, key) -> (state, batch, stats).
 
