@@ -45,9 +45,7 @@ def main() -> int:
     command, extra = sys.argv[1], sys.argv[2:]
     if command == "run":
         args = extra or ["inputs/lih.toml"]
-        return subprocess.run(
-            [str(VENV / "bin" / "hpcwf"), "run", *args], cwd=ROOT, env=env
-        ).returncode
+        return subprocess.run([str(VENV / "bin" / "hpcwf"), "run", *args], cwd=ROOT, env=env).returncode
     if command == "test":
         return subprocess.run([str(PY), "-m", "pytest", "-q", *extra], cwd=ROOT, env=env).returncode
     return 0

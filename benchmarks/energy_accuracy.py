@@ -61,9 +61,7 @@ def run_system(name: str, steps: int, out: Path) -> dict:
     atoms, reference, _ = SYSTEMS[name]
     run_dir = out / name
     job = out / f"{name}.toml"
-    job.write_text(
-        JOB.format(name=name, atoms=atoms, reference=reference, steps=steps, dir=run_dir)
-    )
+    job.write_text(JOB.format(name=name, atoms=atoms, reference=reference, steps=steps, dir=run_dir))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -72,9 +70,7 @@ def run_system(name: str, steps: int, out: Path) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    peak_mb = (
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    )  # max over children so far
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # max over children so far
     with h5py.File(run_dir / "energies.h5", "r") as f:
         step_time = f["train/step_time"][:]
         e, err = float(f["evaluation/energy"][0]), float(f["evaluation/error"][0])
@@ -97,9 +93,7 @@ def run_system(name: str, steps: int, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
-    parser.add_argument(
-        "--steps", type=int, default=0, help="optimization steps (0 = per-system default)"
-    )
+    parser.add_argument("--steps", type=int, default=0, help="optimization steps (0 = per-system default)")
     parser.add_argument("--out", default="runs/benchmark_energy")
     args = parser.parse_args()
     out = Path(args.out)

@@ -26,9 +26,7 @@ def _run(args) -> int:
         if args.output_dir:
             import dataclasses
 
-            cfg = dataclasses.replace(
-                cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir)
-            )
+            cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir))
         from hpcwf.workflow import run_job
 
         out = run_job(cfg)

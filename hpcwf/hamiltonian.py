@@ -17,9 +17,7 @@ from hpcwf.model.geometry import GeometryData
 LAPLACIAN_METHODS = ("forward", "loop")
 
 
-def potential_energy(
-    electrons: jnp.ndarray, nuclei: jnp.ndarray, charges: jnp.ndarray
-) -> jnp.ndarray:
+def potential_energy(electrons: jnp.ndarray, nuclei: jnp.ndarray, charges: jnp.ndarray) -> jnp.ndarray:
     """V_ee + V_eN + V_NN (Ha) for electrons [n_el, 3], nuclei [n_atoms, 3] (bohr), charges [n_atoms]."""
     n_el, n_atoms = electrons.shape[0], nuclei.shape[0]
     r_ee = jnp.linalg.norm(electrons[:, None] - electrons[None] + jnp.eye(n_el)[..., None], axis=-1)

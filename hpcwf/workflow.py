@@ -31,7 +31,7 @@ from hpcwf.model.wavefunction import (
     init_params,
     log_abs_psi_fn,
 )
-from hpcwf.systems.hartree_fock import HartreeFockCache, HartreeFockResult
+from hpcwf.systems.hartree_fock import HartreeFockCache, HartreeFockResult, descriptor_size
 from hpcwf.training.optimizer import ScheduleSettings, make_optimizer
 from hpcwf.training.pretrain import HartreeFockOrbitals, hf_log_abs_psi, make_pretrain_step
 from hpcwf.training.schedule import GeometryScheduler
@@ -67,7 +67,9 @@ def prepare_systems(cfg: JobConfig, cache_path: Path, log: Callable) -> list[Sys
     systems = []
     for i, mol in enumerate(cfg.geometries):
         t0 = time.perf_counter()
+        n_computed = cache.n_computed
         hf = cache.get_or_compute(mol, cfg.hartree_fock.basis, cfg.hartree_fock.elements)
+        source = "computed" if cache.n_computed > n_computed else "cached"
         data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, DTYPE)
         orbitals = HartreeFockOrbitals(
             basis=jax.tree_util.tree_map(
@@ -78,7 +80,7 @@ def prepare_systems(cfg: JobConfig, cache_path: Path, log: Callable) -> list[Sys
         )
         log(
             f"HF  {mol.name:<16} E_HF = {hf.energy:.6f} Ha  (n_up={mol.n_up}, n_dn={mol.n_dn}, "
-            f"{time.perf_counter() - t0:.1f} s)"
+            f"{source}, {time.perf_counter() - t0:.1f} s)"
         )
         systems.append(System(i, mol.name, hf, data, orbitals, mol.reference_energy))
     return systems
@@ -96,9 +98,7 @@ def make_model(cfg: JobConfig) -> Wavefunction:
             )
         m = cfg.geometries[0]
         backflow_shape = (m.n_electrons, m.n_atoms)
-    return build_wavefunction(
-        cfg.model.size, cfg.model.orbitals, cfg.model.n_determinants, backflow_shape
-    )
+    return build_wavefunction(cfg.model.size, cfg.model.orbitals, cfg.model.n_determinants, backflow_shape)
 
 
 def params_metadata(cfg: JobConfig) -> dict:
@@ -118,9 +118,7 @@ def restore_params(path: str, template, cfg: JobConfig):
     expected = params_metadata(cfg)
     for key in ("model_size", "orbitals", "n_determinants", "basis", "elements"):
         if key in meta and str(meta[key]) != str(expected[key]):
-            raise CheckpointError(
-                f"{path}: {key} is {meta[key]!r} but this job has {expected[key]!r}"
-            )
+            raise CheckpointError(f"{path}: {key} is {meta[key]!r} but this job has {expected[key]!r}")
     flat_template = traverse_util.flatten_dict(template)
     flat_loaded = traverse_util.flatten_dict(loaded)
     if set(flat_template) != set(flat_loaded):
@@ -128,8 +126,7 @@ def restore_params(path: str, template, cfg: JobConfig):
     for k, v in flat_template.items():
         if flat_loaded[k].shape != v.shape:
             raise CheckpointError(
-                f"{path}: parameter {'/'.join(k)} has shape "
-                f"{flat_loaded[k].shape}, model needs {v.shape}"
+                f"{path}: parameter {'/'.join(k)} has shape {flat_loaded[k].shape}, model needs {v.shape}"
             )
     return traverse_util.unflatten_dict(
         {k: jnp.asarray(flat_loaded[k], v.dtype) for k, v in flat_template.items()}
@@ -152,29 +149,31 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
             f"{out} already holds a run (energies.h5); choose another dir",
         )
     model = make_model(cfg)
-    init_file = None
-    if cfg.init.checkpoint:
-        load_params(cfg.init.checkpoint)  # fail early, before writing anything
-        init_file = cfg.init.checkpoint
+    root = jax.random.PRNGKey(cfg.seed)
+    # Parameters (and an [init] checkpoint's fit to this model) are settled before anything is
+    # written. TAO parameter shapes depend only on the descriptor size, not on the molecule.
+    mol = cfg.geometries[0]
+    d_desc = descriptor_size(cfg.hartree_fock.basis, cfg.hartree_fock.elements)
+    template = geometry_data(
+        mol, np.zeros((mol.n_atoms, mol.n_up, d_desc)), np.zeros((mol.n_atoms, mol.n_dn, d_desc)), DTYPE
+    )
+    params = init_params(model, stage_key(root, STAGE_INIT, 0), template)
+    init_file = cfg.init.checkpoint or None
+    if init_file:
+        params = restore_params(init_file, params, cfg)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     write_resolved_config(cfg, out / "config.toml")
-    systems = prepare_systems(cfg, out / "hf_cache.h5", log)
-    root = jax.random.PRNGKey(cfg.seed)
-
-    params = init_params(model, stage_key(root, STAGE_INIT, 0), systems[0].data)
+    systems = prepare_systems(cfg, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log)
     if init_file:
-        params = restore_params(init_file, params, cfg)
         log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
     log(
         f"model: size {cfg.model.size}, {cfg.model.orbitals} orbitals, "
         f"{cfg.model.n_determinants} determinants, {count_parameters(params)} parameters"
     )
 
-    energy_log = EnergyLog(
-        out / "energies.h5", [s.name for s in systems], [s.reference for s in systems]
-    )
+    energy_log = EnergyLog(out / "energies.h5", [s.name for s in systems], [s.reference for s in systems])
     log_abs_psi = log_abs_psi_fn(model)
     batched_log_abs = jax.vmap(log_abs_psi, (None, 0, None))
     n_walkers = cfg.optimization.batch_size
@@ -197,9 +196,7 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
 
     states = {
         s.index: new_geometry_state(
-            init_walkers(
-                batched_log_abs, params, s.data, walkers[s.index], cfg.mcmc.initial_step_size
-            )
+            init_walkers(batched_log_abs, params, s.data, walkers[s.index], cfg.mcmc.initial_step_size)
         )
         for s in systems
     }
@@ -238,9 +235,7 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
 
 def pretrain(cfg, model, params, systems, electrons, root, log):
     """HF pre-training, geometries round-robin. Returns (params, walkers sampled from HF)."""
-    tx, step_fn = make_pretrain_step(
-        model, cfg.pretraining.learning_rate, cfg.mcmc.steps_per_update
-    )
+    tx, step_fn = make_pretrain_step(model, cfg.pretraining.learning_rate, cfg.mcmc.steps_per_update)
     opt_state = tx.init(params)
     n = cfg.pretraining.batch_size or cfg.optimization.batch_size
     hf_batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
@@ -368,6 +363,7 @@ def optimize(
                 f"  {np.median(window):.3f} s/step"
             )
             window.clear()
+            energy_log.flush()  # readable by h5py while the run is live
     return params
 
 
@@ -395,9 +391,7 @@ def evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root
         w = states[s.index].walkers
         means, variances = [], []
         for t in range(cfg.evaluation.steps):
-            w, m, v = eval_step(
-                params, s.data, w, stage_key(root, STAGE_EVAL, 1_000_000 * (s.index + 1) + t)
-            )
+            w, m, v = eval_step(params, s.data, w, stage_key(root, STAGE_EVAL, 1_000_000 * (s.index + 1) + t))
             means.append(float(m))
             variances.append(float(v))
         states[s.index] = states[s.index].replace(walkers=w)
@@ -414,7 +408,5 @@ def evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root
             if s.reference is None
             else f"  ref {s.reference:.5f}  diff {1000 * (b.mean - s.reference):+.2f} mHa"
         )
-        log(
-            f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {b.autocorrelation_time:.1f}{ref}"
-        )
+        log(f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {b.autocorrelation_time:.1f}{ref}")
     return results

@@ -30,9 +30,7 @@ CASES = {
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, case):
     text, key = CASES[case]
     job = tmp_path / "job.toml"
-    job.write_text(
-        text + f'\n[output]\ndir = "{tmp_path / "run"}"\n' if case != "malformed" else text
-    )
+    job.write_text(text + f'\n[output]\ndir = "{tmp_path / "run"}"\n' if case != "malformed" else text)
     before = sorted(p.name for p in tmp_path.iterdir())
     proc = subprocess.run(
         [sys.executable, "-m", "hpcwf", "run", str(job)],
@@ -53,9 +51,7 @@ def test_corrupt_init_checkpoint(tmp_path):
     bad.write_bytes(b"not an hdf5 file")
     job = tmp_path / "job.toml"
     job.write_text(LIH + f'[init]\ncheckpoint = "{bad}"\n[output]\ndir = "{tmp_path / "run"}"\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {bad}")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -68,9 +64,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
     (run / "energies.h5").write_bytes(b"precious")
     job = tmp_path / "job.toml"
     job.write_text(LIH + f'[output]\ndir = "{run}"\n')
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert (run / "energies.h5").read_bytes() == b"precious"
     assert sorted(p.name for p in run.iterdir()) == ["energies.h5"]

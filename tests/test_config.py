@@ -49,9 +49,7 @@ def error_of(tmp_path: Path, text: str, name: str = "job.toml") -> ConfigError:
 
 
 def section_names() -> list[str]:
-    return [
-        f.name for f in dataclasses.fields(JobConfig) if dataclasses.is_dataclass(f.default_factory)
-    ]
+    return [f.name for f in dataclasses.fields(JobConfig) if dataclasses.is_dataclass(f.default_factory)]
 
 
 # ------------------------------------------------------------------------------- happy paths

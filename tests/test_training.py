@@ -107,9 +107,7 @@ def h2_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("h2")
     job = tmp / "h2.toml"
     job.write_text(H2_JOB.format(dir=tmp / "run"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "run", proc
 
@@ -121,9 +119,7 @@ def test_two_geometry_job_trains_and_evaluates(h2_run):
         train = f["train"]
         n = train["step"].shape[0]
         assert n == 12
-        assert all(
-            train[k].shape == (n,) for k in ("geometry", "energy", "variance", "pmove", "time")
-        )
+        assert all(train[k].shape == (n,) for k in ("geometry", "energy", "variance", "pmove", "time"))
         assert set(train["geometry"][:]) == {0, 1}
         assert np.all(np.isfinite(train["energy"][:]))
         ev = f["evaluation"]
@@ -173,10 +169,74 @@ mode = "evaluate"
 [output]
 dir = "{tmp_path / "zs"}"
 """)
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with h5py.File(tmp_path / "zs" / "energies.h5", "r") as f:
         assert f["train/step"].shape == (0,)
         assert np.isfinite(f["evaluation/energy"][0])
+
+
+def _write_h2_job(path, run_dir, extra=""):
+    path.write_text(f"""
+[[geometry]]
+name = "H2_c"
+atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.5, 0.0, 0.0]]
+[model]
+n_determinants = 2
+[optimization]
+steps = 3
+batch_size = 32
+[mcmc]
+steps_per_update = 3
+burn_in_steps = 10
+[evaluation]
+steps = 5
+burn_in_steps = 10
+[output]
+dir = "{run_dir}"
+print_every = 1
+{extra}
+""")
+
+
+def test_finetune_from_checkpoint_and_shared_hf_cache(h2_run, tmp_path):
+    """mode = "finetune": parameters loaded, no HF pre-training, fresh K-FAC with the lr offset;
+    a second run pointed at the same HF cache reuses the stored HF results."""
+    run, _ = h2_run
+    ckpt = run / "checkpoints" / "params.h5"
+    cache = tmp_path / "hf.h5"
+    _write_h2_job(
+        tmp_path / "a.toml",
+        tmp_path / "a",
+        f'[hartree_fock]\ncache = "{cache}"\n[init]\ncheckpoint = "{ckpt}"\nmode = "finetune"\n',
+    )
+    _write_h2_job(tmp_path / "b.toml", tmp_path / "b", f'[hartree_fock]\ncache = "{cache}"\n')
+    first = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "run", str(tmp_path / "a.toml")], capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "pretrain" not in first.stdout and "computed" in first.stdout
+    with h5py.File(tmp_path / "a" / "energies.h5", "r") as f:
+        lr = f["train/learning_rate"][:]
+    # lr(t) = 0.1 * 0.2 / (1 + (t + 32000) / 20000): fine-tuning defaults of [init].
+    np.testing.assert_allclose(lr, [0.02 / (1 + (t + 32000) / 20000) for t in range(3)], rtol=1e-5)
+    second = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "run", str(tmp_path / "b.toml")], capture_output=True, text=True
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "cached" in second.stdout and "computed" not in second.stdout
+
+
+def test_incompatible_checkpoint_is_refused_before_writing(h2_run, tmp_path):
+    run, _ = h2_run
+    _write_h2_job(
+        tmp_path / "c.toml", tmp_path / "c", f'[init]\ncheckpoint = "{run / "checkpoints" / "params.h5"}"\n'
+    )
+    text = (tmp_path / "c.toml").read_text().replace("n_determinants = 2", "n_determinants = 4")
+    (tmp_path / "c.toml").write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "run", str(tmp_path / "c.toml")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "n_determinants" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()

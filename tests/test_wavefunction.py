@@ -66,9 +66,7 @@ def test_gnn_odd_f_odd_g_even_positive():
     np.testing.assert_allclose(
         gnn.apply(p, -c, geometry.nuclei), -gnn.apply(p, c, geometry.nuclei), atol=1e-6
     )
-    maps = DescriptorMaps(
-        gnn_width=16, gnn_iterations=2, f_widths=(32, 32), g_widths=(16,), n_det=2, d_emb=8
-    )
+    maps = DescriptorMaps(gnn_width=16, gnn_iterations=2, f_widths=(32, 32), g_widths=(16,), n_det=2, d_emb=8)
     p = maps.init(jax.random.PRNGKey(0), c, geometry.nuclei)
     f_pos, a_pos = maps.apply(p, c, geometry.nuclei)
     f_neg, a_neg = maps.apply(p, -c, geometry.nuclei)
@@ -79,17 +77,26 @@ def test_gnn_odd_f_odd_g_even_positive():
 
 
 def test_parameter_count_independent_of_molecule():
+    """Same parameter count for H2, LiH and H2O with their real HF descriptors."""
+    from hpcwf.model.geometry import geometry_data
+    from hpcwf.systems.hartree_fock import run_hartree_fock
+    from hpcwf.systems.molecule import Molecule
+
+    molecules = [
+        Molecule.create("H2", [["H", 0, 0, 0], ["H", 1.4, 0, 0]]),
+        Molecule.create("LiH", [["Li", 0, 0, 0], ["H", 3.015, 0, 0]]),
+        Molecule.create("H2O", [["O", 0, 0, 0], ["H", 1.81, 0, 0], ["H", -0.45, 1.75, 0]]),
+    ]
     model = build_wavefunction("S", "tao", 4)
-    counts = {
-        name: count_parameters(init_params(model, jax.random.PRNGKey(0), random_geometry(*shape)))
-        for name, shape in {
-            "H2": (2, 1, 1),
-            "LiH": (2, 2, 2),
-            "H2O": (3, 5, 5),
-            "H": (1, 1, 0),
-        }.items()
-    }
-    assert len(set(counts.values())) == 1, counts
+    counts = set()
+    for mol in molecules:
+        hf = run_hartree_fock(mol)
+        geometry = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn)
+        params = init_params(model, jax.random.PRNGKey(0), geometry)
+        counts.add(count_parameters(params))
+        electrons = jax.random.normal(jax.random.PRNGKey(1), (mol.n_electrons, 3))
+        assert jnp.isfinite(model.apply(params, electrons, geometry)[1])
+    assert len(counts) == 1, counts
 
 
 def test_backflow_antisymmetric():

@@ -28,9 +28,7 @@ def geometry_results(run_dir: str | Path) -> list[dict]:
         raise RunDirError(f"{path}: not found (is {run_dir} an hpcwf run directory?)")
     try:
         with h5py.File(path, "r") as f:
-            names = [
-                n.decode() if isinstance(n, bytes) else str(n) for n in f["geometries/names"][:]
-            ]
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["geometries/names"][:]]
             refs = f["geometries/reference_energy"][:]
             geometry_index = f["train/geometry"][:] if "train" in f else np.zeros(0, int)
             ev = {k: f["evaluation"][k][:] for k in f["evaluation"]} if "evaluation" in f else None

@@ -52,8 +52,7 @@ def blocking_analysis(series: np.ndarray, min_blocks: int = 16) -> BlockingResul
     error = max(errors)
     for k in range(len(errors)):
         if all(
-            errors[j] - errors[k] <= uncertainties[j] + uncertainties[k]
-            for j in range(k + 1, len(errors))
+            errors[j] - errors[k] <= uncertainties[j] + uncertainties[k] for j in range(k + 1, len(errors))
         ):
             error = errors[k]
             break

@@ -108,6 +108,8 @@ class HartreeFockConfig:
     elements: tuple[str, ...] = _opt(
         ("H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne"), check=_check_elements
     )
+    # HF results are cached per geometry; pointing several runs at one file reuses them.
+    cache: str = _opt("")  # "" = <output.dir>/hf_cache.h5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,18 +274,14 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
-def _check_unknown(
-    table: Mapping[str, Any], valid: typing.Iterable[str], prefix: str, file: str
-) -> None:
+def _check_unknown(table: Mapping[str, Any], valid: typing.Iterable[str], prefix: str, file: str) -> None:
     """Rejects keys not in `valid`, suggesting the closest valid one (typos are common)."""
     valid = list(valid)
     for key in table:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                file, f"{prefix}{key}", f"unknown key{hint}; valid keys: {', '.join(valid)}"
-            )
+            raise ConfigError(file, f"{prefix}{key}", f"unknown key{hint}; valid keys: {', '.join(valid)}")
 
 
 def _convert(value: Any, typ: Any, key: str, file: str) -> Any:
@@ -373,9 +371,7 @@ def _parse_geometries(
 ) -> list[tuple[Molecule, str, str]]:
     """Validates `[[geometry]]` tables; returns (molecule, file, key) for later checks."""
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise ConfigError(
-            file, f"{prefix}geometry", "expected an array of tables ([[geometry]] entries)"
-        )
+        raise ConfigError(file, f"{prefix}geometry", "expected an array of tables ([[geometry]] entries)")
     out = []
     for i, table in enumerate(tables):
         gkey = f"{prefix}geometry[{i}]"
@@ -434,9 +430,7 @@ def load_job(path: str | os.PathLike) -> JobConfig:
 
     top = {f.name: f for f in dataclasses.fields(JobConfig)}
     seed = _parse_field(data.get("seed", top["seed"].default), top["seed"], int, "seed", file)
-    parsed = {
-        name: _parse_section(cls, data.get(name, {}), name, file) for name, cls in sections.items()
-    }
+    parsed = {name: _parse_section(cls, data.get(name, {}), name, file) for name, cls in sections.items()}
     elements = parsed["hartree_fock"].elements
 
     entries = _parse_geometries(data.get("geometry", []), elements, file, "")
@@ -457,9 +451,7 @@ def load_job(path: str | os.PathLike) -> JobConfig:
         entries += _parse_geometries(ddata["geometry"], elements, dataset_path, _DATASET_PREFIX)
 
     if not entries:
-        raise ConfigError(
-            file, "geometry", "no geometries: add [[geometry]] tables or a dataset file"
-        )
+        raise ConfigError(file, "geometry", "no geometries: add [[geometry]] tables or a dataset file")
     first_seen: dict[str, str] = {}
     for mol, gfile, gkey in entries:
         if mol.name in first_seen:
@@ -501,9 +493,7 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"seed": cfg.seed}
     for name in _section_fields():
         section = getattr(cfg, name)
-        out[name] = {
-            f.name: _to_toml_value(getattr(section, f.name)) for f in dataclasses.fields(section)
-        }
+        out[name] = {f.name: _to_toml_value(getattr(section, f.name)) for f in dataclasses.fields(section)}
     out["geometry"] = [mol.to_dict() for mol in cfg.geometries]
     return out
 

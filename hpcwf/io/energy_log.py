@@ -58,9 +58,7 @@ class EnergyLog:
             train = f.require_group("train")
             for name, dtype in TRAIN_FIELDS.items():
                 if name not in train:
-                    train.create_dataset(
-                        name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,)
-                    )
+                    train.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
 
     def append(self, **row) -> None:
         self._buffer.append(row)

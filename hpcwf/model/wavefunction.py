@@ -64,9 +64,7 @@ class Wavefunction(nn.Module):
 
     def setup(self):
         s = self.size
-        self.embedding = ElectronEmbedding(
-            s.width_one, s.width_two, s.width_nuc, s.embedding_iterations
-        )
+        self.embedding = ElectronEmbedding(s.width_one, s.width_two, s.width_nuc, s.embedding_iterations)
         if self.orbitals == "tao":
             self.orbital_map = TAOOrbitals(
                 s.gnn_width, s.gnn_iterations, s.f_widths, s.g_widths, self.n_det, s.width_one

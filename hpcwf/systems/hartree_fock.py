@@ -205,8 +205,7 @@ def _boys_localize(mol, mo: np.ndarray) -> np.ndarray:
             return c
         c = loc.kernel(loc.rotate_orb(loc.extract_rotation(v)))
     warnings.warn(
-        "Boys localization still at a saddle point after "
-        f"{BOYS_MAX_RESTARTS} restarts; using it anyway",
+        f"Boys localization still at a saddle point after {BOYS_MAX_RESTARTS} restarts; using it anyway",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -266,10 +265,7 @@ def build_pyscf_molecule(molecule: Molecule, basis: str = DEFAULT_BASIS):
     from pyscf import gto
 
     return gto.M(
-        atom=[
-            [s, tuple(map(float, xyz))]
-            for s, xyz in zip(molecule.symbols, molecule.coords, strict=True)
-        ],
+        atom=[[s, tuple(map(float, xyz))] for s, xyz in zip(molecule.symbols, molecule.coords, strict=True)],
         basis=basis,
         cart=True,
         unit="Bohr",
@@ -462,9 +458,7 @@ class HartreeFockCache:
     ) -> None:
         if self.path.exists() and not h5py.is_hdf5(self.path):
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            warnings.warn(
-                f"HF cache {self.path} is not an HDF5 file; moved to {aside}", stacklevel=3
-            )
+            warnings.warn(f"HF cache {self.path} is not an HDF5 file; moved to {aside}", stacklevel=3)
             self.path.rename(aside)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(self.path, "a") as f:

@@ -83,9 +83,7 @@ class Molecule:
                 not isinstance(atom, (list, tuple))
                 or len(atom) != 4
                 or not isinstance(atom[0], str)
-                or not all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in atom[1:]
-                )
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in atom[1:])
             ):
                 raise MoleculeError(f"atoms[{i}]", f"must be [symbol, x, y, z], got {atom!r}")
             if atom[0] not in ELEMENTS:

@@ -58,9 +58,7 @@ def make_pretrain_step(
     sweep = make_mcmc_sweep(hf_batched, mcmc_steps)
 
     def loss_fn(params, geometry, hf, electrons):
-        phi = jax.vmap(lambda r: model.apply(params, r, geometry, method=model.slater_matrices))(
-            electrons
-        )
+        phi = jax.vmap(lambda r: model.apply(params, r, geometry, method=model.slater_matrices))(electrons)
         target = jax.vmap(lambda r: hf_slater_matrix(hf, r, geometry.n_up))(electrons)
         return jnp.mean((phi - target[:, None]) ** 2)
 
