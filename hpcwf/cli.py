@@ -1,4 +1,4 @@
-"""Command line: `hpcwf run JOB.toml`, `hpcwf analyze RUN_DIR [--json]`.
+"""Command line: `hpcwf run JOB.toml`, `hpcwf analyze RUN_DIR [--json]`, `hpcwf inspect CKPT.h5`.
 
 Bad input prints one line `error: <file>: <key>: <what is wrong>` and exits with code 2.
 """
@@ -29,7 +29,7 @@ def _run(args) -> int:
             cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir))
         from hpcwf.workflow import run_job
 
-        out = run_job(cfg)
+        out = run_job(cfg, restart=args.restart)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -54,17 +54,42 @@ def _analyze(args) -> int:
     return 0
 
 
+def _inspect(args) -> int:
+    import json
+
+    from hpcwf.io.checkpoint import CheckpointError, read_checkpoint_summary
+
+    try:
+        summary = read_checkpoint_summary(args.checkpoint)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for key, value in summary.items():
+        text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        print(f"{key:<16} {text}")
+    if not summary.get("checksum_ok"):
+        print(f"error: {args.checkpoint}: checksum: {summary.get('checksum_error')}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcwf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a job (HF, pre-training, VMC, evaluation)")
     p_run.add_argument("job", help="job TOML file")
     p_run.add_argument("--output-dir", help="override [output] dir")
+    p_run.add_argument(
+        "--restart", metavar="CKPT", help="resume from this checkpoint (default: newest valid)"
+    )
     p_run.set_defaults(func=_run)
     p_an = sub.add_parser("analyze", help="per-geometry results of a run directory")
     p_an.add_argument("run_dir")
     p_an.add_argument("--json", action="store_true", help="machine-readable output")
     p_an.set_defaults(func=_analyze)
+    p_in = sub.add_parser("inspect", help="summary of a checkpoint file, with checksum verification")
+    p_in.add_argument("checkpoint")
+    p_in.set_defaults(func=_inspect)
     args = parser.parse_args(argv)
     return args.func(args)
 

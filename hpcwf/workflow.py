@@ -15,14 +15,26 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tomli_w
 from flax import traverse_util
 
 from hpcwf.analysis.statistics import blocking_analysis
 from hpcwf.hamiltonian import make_local_energy
-from hpcwf.io.checkpoint import CheckpointError, load_params, save_params
-from hpcwf.io.config import ConfigError, JobConfig, write_resolved_config
+from hpcwf.io.checkpoint import (
+    CheckpointError,
+    apply_retention,
+    checkpoint_has_optimizer_state,
+    checkpoint_path,
+    latest_valid_checkpoint,
+    load_checkpoint,
+    load_params,
+    save_checkpoint,
+    save_params,
+    verify_checkpoint,
+)
+from hpcwf.io.config import ConfigError, JobConfig, config_to_dict, write_resolved_config
 from hpcwf.io.energy_log import EnergyLog
-from hpcwf.mcmc import init_walkers, initial_electrons, make_mcmc_sweep
+from hpcwf.mcmc import WalkerState, init_walkers, initial_electrons, make_mcmc_sweep
 from hpcwf.model.geometry import GeometryData, geometry_data
 from hpcwf.model.wavefunction import (
     Wavefunction,
@@ -36,6 +48,8 @@ from hpcwf.training.optimizer import ScheduleSettings, make_optimizer
 from hpcwf.training.pretrain import HartreeFockOrbitals, hf_log_abs_psi, make_pretrain_step
 from hpcwf.training.schedule import GeometryScheduler
 from hpcwf.training.vmc import (
+    GeometryState,
+    VMCBatch,
     make_burn_in,
     make_energy_loss,
     make_sample_and_measure,
@@ -137,17 +151,45 @@ def stage_key(root: jax.Array, stage: int, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(root, stage), step)
 
 
-def run_job(cfg: JobConfig, log: Callable = print) -> Path:
-    """Runs a whole job; returns the run directory. Raises ConfigError/CheckpointError before
-    anything is written when the input is unusable."""
+def _check_run_dir(cfg: JobConfig, out: Path) -> None:
+    """Refuses an output dir holding a run of a DIFFERENT job (other geometries, HF settings or
+    model); a run of the same job is resumed instead. Step counts may differ (extending a run)."""
+    previous = out / "config.toml"
+    if not previous.exists():
+        if (out / "energies.h5").exists():
+            raise ConfigError(cfg.job_file, "output.dir", f"{out} holds energies.h5 but no config.toml")
+        return
+    import tomllib
+
+    try:
+        old = tomllib.loads(previous.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(str(previous), "<toml>", f"unreadable resolved config ({err})") from err
+    new = config_to_dict(cfg)
+    for section in ("geometry", "hartree_fock", "model"):
+        if old.get(section) != new.get(section):
+            raise ConfigError(
+                cfg.job_file,
+                "output.dir",
+                f"{out} holds a run of a different job ([{section}] differs); choose another dir",
+            )
+
+
+def run_job(cfg: JobConfig, log: Callable = print, restart: str | None = None) -> Path:
+    """Runs a whole job; returns the run directory.
+
+    A run dir that already holds checkpoints of the same job is resumed from the newest valid
+    one (or from `restart`); `energies.h5` is truncated to that step and appended to. Raises
+    ConfigError/CheckpointError before anything is written when the input is unusable.
+    """
     jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 (METHOD pitfall 4)
     out = Path(cfg.output.dir)
-    if (out / "energies.h5").exists():
-        raise ConfigError(
-            cfg.job_file,
-            "output.dir",
-            f"{out} already holds a run (energies.h5); choose another dir",
-        )
+    ckpt_dir = out / "checkpoints"
+    _check_run_dir(cfg, out)
+    resume_path = Path(restart) if restart else latest_valid_checkpoint(ckpt_dir, log)
+    if resume_path is not None:
+        verify_checkpoint(resume_path)
+
     model = make_model(cfg)
     root = jax.random.PRNGKey(cfg.seed)
     # Parameters (and an [init] checkpoint's fit to this model) are settled before anything is
@@ -159,76 +201,59 @@ def run_job(cfg: JobConfig, log: Callable = print) -> Path:
     )
     params = init_params(model, stage_key(root, STAGE_INIT, 0), template)
     init_file = cfg.init.checkpoint or None
-    if init_file:
+    if init_file and resume_path is None:
         params = restore_params(init_file, params, cfg)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     write_resolved_config(cfg, out / "config.toml")
     systems = prepare_systems(cfg, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log)
-    if init_file:
-        log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
     log(
         f"model: size {cfg.model.size}, {cfg.model.orbitals} orbitals, "
         f"{cfg.model.n_determinants} determinants, {count_parameters(params)} parameters"
     )
-
     energy_log = EnergyLog(out / "energies.h5", [s.name for s in systems], [s.reference for s in systems])
-    log_abs_psi = log_abs_psi_fn(model)
-    batched_log_abs = jax.vmap(log_abs_psi, (None, 0, None))
-    n_walkers = cfg.optimization.batch_size
-    rng = np.random.default_rng(cfg.seed)
-    walkers = {}
-    for s in systems:
-        electrons = initial_electrons(
-            rng,
-            np.asarray(s.data.nuclei),
-            np.asarray(s.data.charges),
-            s.data.n_up,
-            s.data.n_dn,
-            n_walkers,
-        )
-        walkers[s.index] = electrons
+    trainer = VMCTrainer(cfg, model, systems, root, log, finetune=bool(init_file))
 
-    training = not (init_file and cfg.init.mode == "evaluate")
-    if training and not init_file and cfg.pretraining.steps > 0:
-        params, walkers = pretrain(cfg, model, params, systems, walkers, root, log)
+    if resume_path is not None:
+        params = trainer.load(resume_path, params)
+        energy_log.truncate(trainer.step)
+        log(f"resumed from {resume_path} at step {trainer.step}")
+    else:
+        energy_log.truncate(0)  # a run that died before its first checkpoint starts over
+        if init_file:
+            log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
+        walkers = {
+            s.index: initial_electrons(
+                np.random.default_rng([cfg.seed, s.index]),
+                np.asarray(s.data.nuclei),
+                np.asarray(s.data.charges),
+                s.data.n_up,
+                s.data.n_dn,
+                cfg.optimization.batch_size,
+            )
+            for s in systems
+        }
+        if not init_file and cfg.pretraining.steps > 0:
+            params, walkers = pretrain(cfg, model, params, systems, walkers, root, log)
+        trainer.init_states(params, walkers)
 
-    states = {
-        s.index: new_geometry_state(
-            init_walkers(batched_log_abs, params, s.data, walkers[s.index], cfg.mcmc.initial_step_size)
-        )
-        for s in systems
-    }
-    local_energy = make_local_energy(log_abs_psi, "forward")
-    burn_in = make_burn_in(log_abs_psi, BURN_IN_CHUNK, cfg.mcmc.target_acceptance, cfg.mcmc.max_age)
-
-    def burn(params, s: System, steps: int, stage: int):
-        st = states[s.index]
-        w = st.walkers
-        for chunk in range(steps // BURN_IN_CHUNK):
-            w = burn_in(params, s.data, w, stage_key(root, stage, s.index * 100003 + chunk))
-        states[s.index] = st.replace(walkers=w)
-
-    if training and cfg.optimization.steps > 0:
-        params = optimize(
-            cfg,
-            params,
-            systems,
-            states,
-            local_energy,
-            log_abs_psi,
-            burn,
-            root,
-            energy_log,
-            log,
-            finetune=bool(init_file),
-        )
-    save_params(out / "checkpoints" / "params.h5", jax.device_get(params), params_metadata(cfg))
+    if not (init_file and cfg.init.mode == "evaluate"):
+        params = trainer.optimize(params, energy_log, ckpt_dir)
+    save_params(ckpt_dir / "params.h5", jax.device_get(params), params_metadata(cfg))
     energy_log.flush()
 
     if cfg.evaluation.steps > 0:
-        results = evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root, log)
+        results = evaluate(
+            cfg,
+            params,
+            systems,
+            trainer.states,
+            trainer.local_energy,
+            trainer.log_abs_psi,
+            trainer.burn,
+            root,
+            log,
+        )
         energy_log.write_evaluation(results, len(systems), cfg.evaluation.steps)
     return out
 
@@ -268,103 +293,190 @@ def pretrain(cfg, model, params, systems, electrons, root, log):
     return params, sampled
 
 
-def optimize(
-    cfg,
-    params,
-    systems,
-    states,
-    local_energy,
-    log_abs_psi,
-    burn,
-    root,
-    energy_log,
-    log,
-    finetune: bool,
-):
-    """VMC with one geometry per step, chosen by the scheduler. Updates `states` in place."""
-    o = cfg.optimization
-    if finetune:  # fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3)
-        schedule = ScheduleSettings(
-            o.learning_rate * cfg.init.lr_factor,
-            o.lr_decay_steps,
-            cfg.init.lr_offset,
-            cfg.init.damping,
-            cfg.init.damping,
-            o.damping_decay_steps,
-            o.norm_constraint,
-        )
-    else:
-        schedule = ScheduleSettings(
-            o.learning_rate,
-            o.lr_decay_steps,
-            o.lr_offset,
-            o.damping,
-            o.damping_initial,
-            o.damping_decay_steps,
-            o.norm_constraint,
-        )
-    optimizer = make_optimizer(o.optimizer, make_energy_loss(log_abs_psi), schedule)
-    sample_and_measure = make_sample_and_measure(
-        log_abs_psi,
-        local_energy,
-        cfg.mcmc.steps_per_update,
-        cfg.mcmc.target_acceptance,
-        cfg.mcmc.max_age,
-        o.clip_width,
-    )
-    scheduler = GeometryScheduler(len(systems), cfg.scheduler.warmup_rounds, cfg.scheduler.max_age)
-    burned_in: set[int] = set()
-    opt_state = None
-    t_start = time.perf_counter()
-    window: list[float] = []
-    for t in range(o.steps):
-        t_step = time.perf_counter()
-        s = systems[scheduler.next_geometry(t)]
-        if s.index not in burned_in:
-            burn(params, s, cfg.mcmc.burn_in_steps, STAGE_BURN_IN)
-            burned_in.add(s.index)
-        k_sample, k_opt = jax.random.split(stage_key(root, STAGE_VMC, t))
-        new_state, batch, stats = sample_and_measure(params, s.data, states[s.index], k_sample)
-        states[s.index] = new_state
-        if opt_state is None:
-            opt_state = optimizer.init(params, k_opt, batch)
-        stats = jax.device_get(stats)
-        if stats["n_nonfinite"] == 0:
-            params, opt_state, opt_stats = optimizer.step(params, opt_state, k_opt, batch, t)
-            opt_stats = jax.device_get(opt_stats)
-        else:  # never step on a batch with non-finite local energies
-            log(
-                f"step {t}: {int(stats['n_nonfinite'])} non-finite local energies on {s.name}; update skipped"
+class VMCTrainer:
+    """Variational optimization, one geometry per step chosen by the scheduler.
+
+    Owns everything a checkpoint must hold: the step, optimizer state, scheduler statistics and
+    every geometry's `GeometryState` (walkers, step size, ages, clipping statistics).
+    """
+
+    def __init__(self, cfg: JobConfig, model: Wavefunction, systems: list[System], root, log, finetune: bool):
+        self.cfg, self.systems, self.root, self.log = cfg, systems, root, log
+        o = cfg.optimization
+        if finetune:  # fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3)
+            schedule = ScheduleSettings(
+                o.learning_rate * cfg.init.lr_factor,
+                o.lr_decay_steps,
+                cfg.init.lr_offset,
+                cfg.init.damping,
+                cfg.init.damping,
+                o.damping_decay_steps,
+                o.norm_constraint,
             )
-            opt_stats = {"learning_rate": np.nan, "damping": np.nan, "grad_norm": np.nan}
-        jax.block_until_ready(params)
-        step_time = time.perf_counter() - t_step
-        scheduler.record(s.index, t, float(stats["variance"]))
-        energy_log.append(
-            step=t,
-            geometry=s.index,
-            energy=stats["energy"],
-            variance=stats["variance"],
-            clipped_energy=stats["clipped_energy"],
-            pmove=stats["pmove"],
-            step_size=stats["step_size"],
-            learning_rate=opt_stats["learning_rate"],
-            damping=opt_stats["damping"],
-            grad_norm=opt_stats["grad_norm"],
-            time=time.perf_counter() - t_start,
-            step_time=step_time,
-        )
-        window.append(step_time)
-        if (t + 1) % cfg.output.print_every == 0 or t + 1 == o.steps:
-            err = float(np.sqrt(stats["variance"] / batch.electrons.shape[0]))
-            log(
-                f"step {t + 1:>7}/{o.steps}  {s.name:<12} E = {float(stats['energy']):.5f} +- {err:.5f} Ha"
-                f"  var {float(stats['variance']):.4f}  pmove {float(stats['pmove']):.2f}"
-                f"  {np.median(window):.3f} s/step"
+        else:
+            schedule = ScheduleSettings(
+                o.learning_rate,
+                o.lr_decay_steps,
+                o.lr_offset,
+                o.damping,
+                o.damping_initial,
+                o.damping_decay_steps,
+                o.norm_constraint,
             )
-            window.clear()
-            energy_log.flush()  # readable by h5py while the run is live
-    return params
+        self.log_abs_psi = log_abs_psi_fn(model)
+        self.local_energy = make_local_energy(self.log_abs_psi, "forward")
+        self.optimizer = make_optimizer(o.optimizer, make_energy_loss(self.log_abs_psi), schedule)
+        self.sample_and_measure = make_sample_and_measure(
+            self.log_abs_psi,
+            self.local_energy,
+            cfg.mcmc.steps_per_update,
+            cfg.mcmc.target_acceptance,
+            cfg.mcmc.max_age,
+            o.clip_width,
+        )
+        self._burn_in = make_burn_in(
+            self.log_abs_psi, BURN_IN_CHUNK, cfg.mcmc.target_acceptance, cfg.mcmc.max_age
+        )
+        self.scheduler = GeometryScheduler(len(systems), cfg.scheduler.warmup_rounds, cfg.scheduler.max_age)
+        self.states: dict[int, GeometryState] = {}
+        self.opt_state = None
+        self.step = 0
+
+    def init_states(self, params, electrons: dict[int, np.ndarray]) -> None:
+        batched = jax.vmap(self.log_abs_psi, (None, 0, None))
+        for s in self.systems:
+            walkers = init_walkers(
+                batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size
+            )
+            self.states[s.index] = new_geometry_state(walkers)
+
+    def burn(self, params, s: System, steps: int, stage: int) -> None:
+        walkers = self.states[s.index].walkers
+        for chunk in range(steps // BURN_IN_CHUNK):
+            walkers = self._burn_in(
+                params, s.data, walkers, stage_key(self.root, stage, s.index * 100003 + chunk)
+            )
+        self.states[s.index] = self.states[s.index].replace(walkers=walkers)
+
+    def save(self, params, ckpt_dir: Path) -> Path:
+        path = checkpoint_path(ckpt_dir, self.step)
+        save_checkpoint(
+            path,
+            step=self.step,
+            params=jax.device_get(params),
+            optimizer_state=jax.device_get(self.opt_state),
+            geometry_states={i: jax.device_get(st) for i, st in self.states.items()},
+            scheduler_state=self.scheduler.state_dict(),
+            config_toml=tomli_w.dumps(config_to_dict(self.cfg)),
+            geometries=[m.to_dict() for m in self.cfg.geometries],
+            metadata=params_metadata(self.cfg),
+        )
+        apply_retention(ckpt_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
+        return path
+
+    def load(self, path: Path, params_template):
+        """Restores step, params, optimizer, scheduler and all geometry states from `path`."""
+        n_walkers = self.cfg.optimization.batch_size
+        shapes = {
+            s.index: GeometryState(
+                walkers=WalkerState(
+                    electrons=np.zeros((n_walkers, s.data.n_electrons, 3), np.float32),
+                    log_prob=np.zeros(n_walkers, np.float32),
+                    age=np.zeros(n_walkers, np.int32),
+                    step_size=np.zeros((), np.float32),
+                ),
+                clip_center=np.zeros((), np.float32),
+                clip_width=np.zeros((), np.float32),
+            )
+            for s in self.systems
+        }
+        # The optimizer state's structure comes from the optimizer itself (shapes only).
+        s = self.systems[0]
+        batch = VMCBatch(
+            jnp.zeros((n_walkers, s.data.n_electrons, 3), DTYPE), jnp.zeros(n_walkers, DTYPE), s.data
+        )
+        opt_template = jax.eval_shape(self.optimizer.init, params_template, self.root, batch)
+        templates = {"params": params_template, "geometry_state": shapes, "optimizer": opt_template}
+        if not checkpoint_has_optimizer_state(path):
+            templates["optimizer"] = None
+        ckpt = load_checkpoint(path, templates)
+        if sorted(ckpt.geometry_states) != sorted(shapes):
+            raise CheckpointError(
+                f"{path}: holds {len(ckpt.geometry_states)} geometries, job has {len(shapes)}"
+            )
+        to_device = lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)  # noqa: E731
+        self.states = {i: to_device(st) for i, st in ckpt.geometry_states.items()}
+        self.scheduler.load_state_dict(ckpt.scheduler_state)
+        self.step = ckpt.step
+        self.opt_state = None if ckpt.optimizer_state is None else to_device(ckpt.optimizer_state)
+        params = to_device(ckpt.params)
+        return params
+
+    def optimize(self, params, energy_log: EnergyLog, ckpt_dir: Path):
+        cfg, o = self.cfg, self.cfg.optimization
+        every_steps, every_seconds = cfg.checkpoint.every_steps, 60.0 * cfg.checkpoint.every_minutes
+        t_start = last_ckpt = time.perf_counter()
+        window: list[float] = []
+        while self.step < o.steps:
+            t, t_step = self.step, time.perf_counter()
+            s = self.systems[self.scheduler.next_geometry(t)]
+            if self.scheduler.n_updates[s.index] == 0:  # first visit: equilibrate its walkers
+                self.burn(params, s, cfg.mcmc.burn_in_steps, STAGE_BURN_IN)
+            k_sample, k_opt = jax.random.split(stage_key(self.root, STAGE_VMC, t))
+            self.states[s.index], batch, stats = self.sample_and_measure(
+                params, s.data, self.states[s.index], k_sample
+            )
+            if self.opt_state is None:
+                self.opt_state = self.optimizer.init(params, k_opt, batch)
+            stats = jax.device_get(stats)
+            if stats["n_nonfinite"] == 0:
+                params, self.opt_state, opt_stats = self.optimizer.step(
+                    params, self.opt_state, k_opt, batch, t
+                )
+                opt_stats = jax.device_get(opt_stats)
+            else:  # never step on a batch with non-finite local energies
+                self.log(
+                    f"step {t}: {int(stats['n_nonfinite'])} non-finite local energies on {s.name}; skipped"
+                )
+                opt_stats = {"learning_rate": np.nan, "damping": np.nan, "grad_norm": np.nan}
+            jax.block_until_ready(params)
+            step_time = time.perf_counter() - t_step
+            self.scheduler.record(s.index, t, float(stats["variance"]))
+            self.step = t + 1
+            energy_log.append(
+                step=t,
+                geometry=s.index,
+                energy=stats["energy"],
+                variance=stats["variance"],
+                clipped_energy=stats["clipped_energy"],
+                pmove=stats["pmove"],
+                step_size=stats["step_size"],
+                learning_rate=opt_stats["learning_rate"],
+                damping=opt_stats["damping"],
+                grad_norm=opt_stats["grad_norm"],
+                time=time.perf_counter() - t_start,
+                step_time=step_time,
+            )
+            window.append(step_time)
+            if self.step % cfg.output.print_every == 0 or self.step == o.steps:
+                err = float(np.sqrt(stats["variance"] / batch.electrons.shape[0]))
+                self.log(
+                    f"step {self.step:>7}/{o.steps}  {s.name:<12}"
+                    f" E = {float(stats['energy']):.5f} +- {err:.5f} Ha"
+                    f"  var {float(stats['variance']):.4f}  pmove {float(stats['pmove']):.2f}"
+                    f"  {np.median(window):.3f} s/step"
+                )
+                window.clear()
+                energy_log.flush()  # readable by h5py while the run is live
+            due = (every_steps and self.step % every_steps == 0) or (
+                every_seconds and time.perf_counter() - last_ckpt >= every_seconds
+            )
+            if due or self.step == o.steps:
+                energy_log.flush()  # the log never lags behind the newest checkpoint
+                path = self.save(params, ckpt_dir)
+                last_ckpt = time.perf_counter()
+                self.log(f"checkpoint {path}")
+        return params
 
 
 def evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root, log) -> dict:

@@ -240,3 +240,53 @@ def test_incompatible_checkpoint_is_refused_before_writing(h2_run, tmp_path):
     assert proc.returncode == 2
     assert "n_determinants" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_resume_is_exact_and_skips_a_corrupt_newest_checkpoint(h2_run, tmp_path):
+    """6 steps, then the same job extended to 12 in the same dir, resumed from a checkpoint:
+    the training energies equal the straight 12-step run bitwise, with no duplicate rows, even
+    when the newest checkpoint is corrupt and the one before it is used."""
+    straight, _ = h2_run
+    run = tmp_path / "run"
+    job = tmp_path / "job.toml"
+    text = H2_JOB.format(dir=run) + "[checkpoint]\nevery_steps = 3\n"
+    job.write_text(text.replace("steps = 12", "steps = 6"))
+    first = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    newest = run / "checkpoints" / "ckpt_000000006.h5"
+    assert (run / "checkpoints" / "ckpt_000000003.h5").exists() and newest.exists()
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # as if killed mid-copy
+
+    job.write_text(text)
+    second = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "ckpt_000000006.h5" in second.stdout + second.stderr  # reported
+    assert "at step 3" in second.stdout
+    with h5py.File(straight / "energies.h5", "r") as a, h5py.File(run / "energies.h5", "r") as b:
+        np.testing.assert_array_equal(b["train/step"][:], np.arange(12))
+        np.testing.assert_array_equal(b["train/geometry"][:], a["train/geometry"][:])
+        np.testing.assert_array_equal(b["train/energy"][:], a["train/energy"][:])
+
+
+def test_run_dir_of_a_different_job_is_refused(h2_run):
+    run, _ = h2_run
+    job = run.parent / "other.toml"
+    job.write_text(H2_JOB.format(dir=run).replace("n_determinants = 2", "n_determinants = 1"))
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {job}: output.dir: ") and "[model]" in proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+def test_inspect_verifies_checksum(h2_run, tmp_path):
+    run, _ = h2_run
+    ckpt = run / "checkpoints" / "ckpt_000000012.h5"
+    ok = subprocess.run([sys.executable, "-m", "hpcwf", "inspect", str(ckpt)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "checksum_ok      True" in ok.stdout and "H2_b" in ok.stdout
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "inspect", str(bad)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2

@@ -500,6 +500,12 @@ def _verify_reason(path: Path) -> str | None:
     return None
 
 
+def checkpoint_has_optimizer_state(path: str | Path) -> bool:
+    """True if the full checkpoint at `path` stores an optimizer state."""
+    with h5py.File(path, "r") as f:
+        return "optimizer" in f
+
+
 def verify_checkpoint(path: str | Path) -> None:
     """Recomputes the checksum of a full checkpoint; CheckpointError if it differs or the file
     is missing, unreadable, truncated or not a full checkpoint."""
