@@ -14,12 +14,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
-EXIT_BAD_INPUT = 2
+from hpcwf.signals import EXIT_BAD_INPUT  # noqa: E402
 
 
 def _run(args) -> int:
     from hpcwf.io.checkpoint import CheckpointError
     from hpcwf.io.config import ConfigError, load_job
+    from hpcwf.signals import EXIT_DIVERGED, EXIT_INTERRUPTED, RunDivergedError, RunInterruptedError
 
     try:
         cfg = load_job(args.job)
@@ -36,6 +37,12 @@ def _run(args) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunInterruptedError as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RunDivergedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
     from hpcwf.analysis.report import format_table, geometry_results
 
     print(format_table(geometry_results(out)))

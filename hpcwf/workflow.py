@@ -43,6 +43,7 @@ from hpcwf.model.wavefunction import (
     init_params,
     log_abs_psi_fn,
 )
+from hpcwf.signals import RunDivergedError, StopFlag
 from hpcwf.systems.hartree_fock import HartreeFockCache, HartreeFockResult, descriptor_size
 from hpcwf.training.optimizer import ScheduleSettings, make_optimizer
 from hpcwf.training.pretrain import HartreeFockOrbitals, hf_log_abs_psi, make_pretrain_step
@@ -59,6 +60,7 @@ from hpcwf.training.vmc import (
 # Stage tags folded into the root key so stages never share random numbers.
 STAGE_INIT, STAGE_PRETRAIN, STAGE_BURN_IN, STAGE_VMC, STAGE_EVAL = range(5)
 BURN_IN_CHUNK = 10  # MCMC steps between step-size adaptations during burn-in
+MAX_CONSECUTIVE_SKIPS = 20  # non-finite updates in a row before the run is stopped
 
 DTYPE = jnp.float32
 
@@ -212,7 +214,8 @@ def run_job(cfg: JobConfig, log: Callable = print, restart: str | None = None) -
         f"{cfg.model.n_determinants} determinants, {count_parameters(params)} parameters"
     )
     energy_log = EnergyLog(out / "energies.h5", [s.name for s in systems], [s.reference for s in systems])
-    trainer = VMCTrainer(cfg, model, systems, root, log, finetune=bool(init_file))
+    stop = StopFlag().install()
+    trainer = VMCTrainer(cfg, model, systems, root, log, finetune=bool(init_file), stop=stop)
 
     if resume_path is not None:
         params = trainer.load(resume_path, params)
@@ -234,7 +237,7 @@ def run_job(cfg: JobConfig, log: Callable = print, restart: str | None = None) -
             for s in systems
         }
         if not init_file and cfg.pretraining.steps > 0:
-            params, walkers = pretrain(cfg, model, params, systems, walkers, root, log)
+            params, walkers = pretrain(cfg, model, params, systems, walkers, root, log, stop)
         trainer.init_states(params, walkers)
 
     if not (init_file and cfg.init.mode == "evaluate"):
@@ -243,22 +246,12 @@ def run_job(cfg: JobConfig, log: Callable = print, restart: str | None = None) -
     energy_log.flush()
 
     if cfg.evaluation.steps > 0:
-        results = evaluate(
-            cfg,
-            params,
-            systems,
-            trainer.states,
-            trainer.local_energy,
-            trainer.log_abs_psi,
-            trainer.burn,
-            root,
-            log,
-        )
+        results = evaluate(cfg, params, systems, trainer, root, log, stop)
         energy_log.write_evaluation(results, len(systems), cfg.evaluation.steps)
     return out
 
 
-def pretrain(cfg, model, params, systems, electrons, root, log):
+def pretrain(cfg, model, params, systems, electrons, root, log, stop: StopFlag):
     """HF pre-training, geometries round-robin. Returns (params, walkers sampled from HF)."""
     tx, step_fn = make_pretrain_step(model, cfg.pretraining.learning_rate, cfg.mcmc.steps_per_update)
     opt_state = tx.init(params)
@@ -281,6 +274,7 @@ def pretrain(cfg, model, params, systems, electrons, root, log):
             walkers[s.index],
             stage_key(root, STAGE_PRETRAIN, t),
         )
+        stop.check("during HF pre-training (no checkpoint yet: a rerun starts over)")
         if (t + 1) % cfg.output.print_every == 0 or t + 1 == cfg.pretraining.steps:
             log(
                 f"pretrain {t + 1:>6}/{cfg.pretraining.steps}  {s.name:<12} loss {float(loss):.3e}  "
@@ -300,8 +294,17 @@ class VMCTrainer:
     every geometry's `GeometryState` (walkers, step size, ages, clipping statistics).
     """
 
-    def __init__(self, cfg: JobConfig, model: Wavefunction, systems: list[System], root, log, finetune: bool):
-        self.cfg, self.systems, self.root, self.log = cfg, systems, root, log
+    def __init__(
+        self,
+        cfg: JobConfig,
+        model: Wavefunction,
+        systems: list[System],
+        root,
+        log,
+        finetune: bool,
+        stop: StopFlag,
+    ):
+        self.cfg, self.systems, self.root, self.log, self.stop = cfg, systems, root, log, stop
         o = cfg.optimization
         if finetune:  # fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3)
             schedule = ScheduleSettings(
@@ -417,6 +420,7 @@ class VMCTrainer:
         every_steps, every_seconds = cfg.checkpoint.every_steps, 60.0 * cfg.checkpoint.every_minutes
         t_start = last_ckpt = time.perf_counter()
         window: list[float] = []
+        consecutive_skips = 0
         while self.step < o.steps:
             t, t_step = self.step, time.perf_counter()
             s = self.systems[self.scheduler.next_geometry(t)]
@@ -471,24 +475,33 @@ class VMCTrainer:
             due = (every_steps and self.step % every_steps == 0) or (
                 every_seconds and time.perf_counter() - last_ckpt >= every_seconds
             )
-            if due or self.step == o.steps:
+            diverged = consecutive_skips >= MAX_CONSECUTIVE_SKIPS
+            if due or self.step == o.steps or self.stop.requested is not None or diverged:
                 energy_log.flush()  # the log never lags behind the newest checkpoint
                 path = self.save(params, ckpt_dir)
                 last_ckpt = time.perf_counter()
                 self.log(f"checkpoint {path}")
+            if diverged:
+                raise RunDivergedError(
+                    f"{consecutive_skips} consecutive updates skipped; last good state in {path}"
+                )
+            if self.stop.requested is not None:
+                self.stop.check(f"at step {self.step}; checkpoint {path}")
         return params
 
 
-def evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root, log) -> dict:
+def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFlag) -> dict:
     """Unclipped E_L over `evaluation.steps` samples per geometry with fixed parameters;
-    blocking error bars on the series of per-step walker means."""
+    blocking error bars on the series of per-step walker means. Starts from the trainer's
+    walkers of each geometry."""
+    states = trainer.states
     sweep = make_mcmc_sweep(
-        jax.vmap(log_abs_psi, (None, 0, None)),
+        jax.vmap(trainer.log_abs_psi, (None, 0, None)),
         cfg.mcmc.steps_per_update,
         cfg.mcmc.target_acceptance,
         cfg.mcmc.max_age,
     )
-    energies_fn = jax.vmap(local_energy, (None, 0, None))
+    energies_fn = jax.vmap(trainer.local_energy, (None, 0, None))
 
     @jax.jit
     def eval_step(params, geometry, walkers, key):
@@ -499,13 +512,14 @@ def evaluate(cfg, params, systems, states, local_energy, log_abs_psi, burn, root
     results = {}
     log(f"evaluation: {cfg.evaluation.steps} steps per geometry")
     for s in systems:
-        burn(params, s, cfg.evaluation.burn_in_steps, STAGE_EVAL)
+        trainer.burn(params, s, cfg.evaluation.burn_in_steps, STAGE_EVAL)
         w = states[s.index].walkers
         means, variances = [], []
         for t in range(cfg.evaluation.steps):
             w, m, v = eval_step(params, s.data, w, stage_key(root, STAGE_EVAL, 1_000_000 * (s.index + 1) + t))
             means.append(float(m))
             variances.append(float(v))
+            stop.check("during evaluation (training is checkpointed: a rerun re-evaluates)")
         states[s.index] = states[s.index].replace(walkers=w)
         b = blocking_analysis(np.array(means))
         results[s.index] = {

@@ -290,3 +290,44 @@ def test_inspect_verifies_checksum(h2_run, tmp_path):
         [sys.executable, "-m", "hpcwf", "inspect", str(bad)], capture_output=True, text=True
     )
     assert proc.returncode == 2
+
+
+def test_sigterm_checkpoints_and_resume_continues_the_log(tmp_path):
+    """SIGTERM mid-run: the step finishes, a checkpoint is written, exit code 75; a rerun resumes
+    and the energy log is unbroken (every step exactly once)."""
+    import os
+    import signal
+
+    run = tmp_path / "run"
+    job = tmp_path / "job.toml"
+    text = (
+        H2_JOB.format(dir=run)
+        .replace("steps = 10", "steps = 0")
+        .replace("print_every = 4", "print_every = 1")
+    )
+    job.write_text(text.replace("steps = 12", "steps = 100000"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcwf", "run", str(job)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    for line in proc.stdout:
+        if line.startswith("step       3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "interrupted: stopped by SIGTERM" in err
+    checkpoints = sorted((run / "checkpoints").glob("ckpt_*.h5"))
+    assert len(checkpoints) == 1
+    stopped_at = int(checkpoints[0].stem.split("_")[1])
+    assert stopped_at >= 3
+    job.write_text(text.replace("steps = 12", f"steps = {stopped_at + 2}"))
+    resumed = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {stopped_at}" in resumed.stdout
+    with h5py.File(run / "energies.h5", "r") as f:
+        np.testing.assert_array_equal(f["train/step"][:], np.arange(stopped_at + 2))

@@ -1,0 +1,48 @@
+"""Graceful stop on SIGTERM / SIGUSR1 (what SLURM sends before a time limit or on preemption).
+
+The first signal sets a flag; the training loop finishes its current step, writes a checkpoint
+and raises `RunInterruptedError` (exit code EXIT_INTERRUPTED). A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+# Exit codes of `hpcwf run` (documented in README.md).
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3  # repeated non-finite energies: stopped with a checkpoint of the last good state
+EXIT_INTERRUPTED = 75  # sysexits EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun resumes
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class RunInterruptedError(Exception):
+    """Raised by the training loop after it has saved state in response to a stop signal."""
+
+
+class RunDivergedError(Exception):
+    """Raised when updates failed repeatedly; the last good state has been checkpointed."""
+
+
+class StopFlag:
+    """Set by the first stop signal; `requested` is the signal number or None."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+
+    def install(self) -> StopFlag:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            os._exit(128 + signum)  # second signal: leave now, the newest checkpoint stands
+        self.requested = signum
+
+    def check(self, where: str) -> None:
+        """Raises RunInterruptedError if a stop was requested (call where state is safe on disk)."""
+        if self.requested is not None:
+            raise RunInterruptedError(f"stopped by {signal.Signals(self.requested).name} {where}")
