@@ -14,49 +14,36 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
-from hpcwf.signals import EXIT_BAD_INPUT  # noqa: E402
+from hpcwf.errors import (  # noqa: E402
+    EXIT_BAD_INPUT,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    InputError,
+    RunDivergedError,
+    RunInterruptedError,
+)
 
 
 def _run(args) -> int:
-    from hpcwf.io.checkpoint import CheckpointError
-    from hpcwf.io.config import ConfigError, load_job
-    from hpcwf.signals import EXIT_DIVERGED, EXIT_INTERRUPTED, RunDivergedError, RunInterruptedError
+    import dataclasses
 
-    try:
-        cfg = load_job(args.job)
-        if args.output_dir:
-            import dataclasses
-
-            cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir))
-        from hpcwf.workflow import run_job
-
-        out = run_job(cfg, restart=args.restart)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RunInterruptedError as err:
-        print(f"interrupted: {err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except RunDivergedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_DIVERGED
     from hpcwf.analysis.report import format_table, geometry_results
+    from hpcwf.io.config import load_job
 
+    cfg = load_job(args.job)
+    if args.output_dir:
+        cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir))
+    from hpcwf.workflow import run_job  # jax is imported only now, after the input is valid
+
+    out = run_job(cfg, restart=args.restart)
     print(format_table(geometry_results(out)))
     return 0
 
 
 def _analyze(args) -> int:
-    from hpcwf.analysis.report import RunDirError, format_table, geometry_results, to_json
+    from hpcwf.analysis.report import format_table, geometry_results, to_json
 
-    try:
-        rows = geometry_results(args.run_dir)
-    except RunDirError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    rows = geometry_results(args.run_dir)
     print(to_json(rows) if args.json else format_table(rows))
     return 0
 
@@ -64,13 +51,9 @@ def _analyze(args) -> int:
 def _inspect(args) -> int:
     import json
 
-    from hpcwf.io.checkpoint import CheckpointError, read_checkpoint_summary
+    from hpcwf.io.checkpoint import read_checkpoint_summary
 
-    try:
-        summary = read_checkpoint_summary(args.checkpoint)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    summary = read_checkpoint_summary(args.checkpoint)
     for key, value in summary.items():
         text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
         print(f"{key:<16} {text}")
@@ -98,7 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     p_in.add_argument("checkpoint")
     p_in.set_defaults(func=_inspect)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RunInterruptedError as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RunDivergedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
 
 
 if __name__ == "__main__":

@@ -9,21 +9,9 @@ from __future__ import annotations
 import os
 import signal
 
-# Exit codes of `hpcwf run` (documented in README.md).
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3  # repeated non-finite energies: stopped with a checkpoint of the last good state
-EXIT_INTERRUPTED = 75  # sysexits EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun resumes
+from hpcwf.errors import RunInterruptedError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class RunInterruptedError(Exception):
-    """Raised by the training loop after it has saved state in response to a stop signal."""
-
-
-class RunDivergedError(Exception):
-    """Raised when updates failed repeatedly; the last good state has been checkpointed."""
 
 
 class StopFlag:

@@ -19,6 +19,7 @@ import tomli_w
 from flax import traverse_util
 
 from hpcwf.analysis.statistics import blocking_analysis
+from hpcwf.errors import RunDivergedError
 from hpcwf.hamiltonian import make_local_energy
 from hpcwf.io.checkpoint import (
     CheckpointError,
@@ -43,7 +44,7 @@ from hpcwf.model.wavefunction import (
     init_params,
     log_abs_psi_fn,
 )
-from hpcwf.signals import RunDivergedError, StopFlag
+from hpcwf.signals import StopFlag
 from hpcwf.systems.hartree_fock import HartreeFockCache, HartreeFockResult, descriptor_size
 from hpcwf.training.optimizer import ScheduleSettings, make_optimizer
 from hpcwf.training.pretrain import HartreeFockOrbitals, hf_log_abs_psi, make_pretrain_step

@@ -10,8 +10,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from hpcwf.errors import InputError
 
-class RunDirError(Exception):
+
+class RunDirError(InputError):
     """The run directory cannot be analysed; str() names the file and the problem."""
 
 

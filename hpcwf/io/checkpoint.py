@@ -50,6 +50,7 @@ import jax
 import numpy as np
 
 import hpcwf
+from hpcwf.errors import InputError
 
 FORMAT_PARAMS = "hpcwf-params"
 FORMAT_CHECKPOINT = "hpcwf-checkpoint"
@@ -73,7 +74,7 @@ _RESERVED_ATTRS = frozenset(
 _CKPT_NAME = re.compile(r"^ckpt_(\d+)\.h5$")
 
 
-class CheckpointError(Exception):
+class CheckpointError(InputError):
     """Unreadable or incompatible checkpoint; str() names the file and the problem."""
 
 

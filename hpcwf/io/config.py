@@ -27,6 +27,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
+from hpcwf.errors import InputError
 from hpcwf.systems.molecule import ELEMENTS, Molecule, MoleculeError
 
 __all__ = [
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 
-class ConfigError(Exception):
+class ConfigError(InputError):
     """Invalid job file. `str(err)` is ``"<file>: <key>: <message>"``.
 
     Attributes:

@@ -128,29 +128,20 @@ def tao_block(
 
 
 class TAOOrbitals(nn.Module):
-    """Transferable atomic orbitals: one network orbital per occupied HF orbital."""
+    """Transferable atomic orbitals: one network orbital per occupied HF orbital.
 
-    gnn_width: int
-    gnn_iterations: int
-    f_widths: Sequence[int]
-    g_widths: Sequence[int]
-    n_det: int
-    d_emb: int
+    `maps_up` / `maps_dn`: separate descriptor maps (same architecture, own weights) for the
+    up and down orbitals.
+    """
+
+    maps_up: DescriptorMaps
+    maps_dn: DescriptorMaps
 
     @nn.compact
     def __call__(self, h, electrons, nuclei, descriptors_up, descriptors_dn, n_up):
         """Slater matrices [n_det, n_el, n_el] from embeddings h [n_el, d_emb]."""
-        kwargs = dict(
-            gnn_width=self.gnn_width,
-            gnn_iterations=self.gnn_iterations,
-            f_widths=self.f_widths,
-            g_widths=self.g_widths,
-            n_det=self.n_det,
-            d_emb=self.d_emb,
-        )
-        # Separate weights for up and down orbitals.
-        f_up, alpha_up = DescriptorMaps(**kwargs, name="maps_up")(descriptors_up, nuclei)
-        f_dn, alpha_dn = DescriptorMaps(**kwargs, name="maps_dn")(descriptors_dn, nuclei)
+        f_up, alpha_up = self.maps_up(descriptors_up, nuclei)
+        f_dn, alpha_dn = self.maps_dn(descriptors_dn, nuclei)
         dist_en = jnp.linalg.norm(electrons[:, None, :] - nuclei[None], axis=-1)
         h_up, h_dn = h[:n_up], h[n_up:]
         d_up, d_dn = dist_en[:n_up], dist_en[n_up:]

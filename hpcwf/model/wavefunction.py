@@ -16,7 +16,7 @@ from flax import linen as nn
 
 from hpcwf.model.embedding import ElectronEmbedding, safe_distances
 from hpcwf.model.geometry import GeometryData
-from hpcwf.model.orbitals import BackflowOrbitals, TAOOrbitals
+from hpcwf.model.orbitals import BackflowOrbitals, DescriptorMaps, TAOOrbitals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +66,15 @@ class Wavefunction(nn.Module):
         s = self.size
         self.embedding = ElectronEmbedding(s.width_one, s.width_two, s.width_nuc, s.embedding_iterations)
         if self.orbitals == "tao":
-            self.orbital_map = TAOOrbitals(
-                s.gnn_width, s.gnn_iterations, s.f_widths, s.g_widths, self.n_det, s.width_one
+            maps = dict(
+                gnn_width=s.gnn_width,
+                gnn_iterations=s.gnn_iterations,
+                f_widths=s.f_widths,
+                g_widths=s.g_widths,
+                n_det=self.n_det,
+                d_emb=s.width_one,
             )
+            self.orbital_map = TAOOrbitals(DescriptorMaps(**maps), DescriptorMaps(**maps))
         elif self.orbitals == "backflow":
             assert self.backflow_shape is not None
             self.orbital_map = BackflowOrbitals(self.n_det, *self.backflow_shape)

@@ -1,0 +1,23 @@
+"""Exceptions that end a run, and the exit codes `hpcwf` maps them to (README: exit codes).
+
+Light on purpose (no numpy, no jax): the command line imports it before anything else.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # one line `error: <file>: <key>: <what is wrong>`, nothing written
+EXIT_DIVERGED = 3  # repeated non-finite updates: stopped with a checkpoint of the last good state
+EXIT_INTERRUPTED = 75  # sysexits EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun resumes
+
+
+class InputError(Exception):
+    """Unusable user input (job file, dataset, checkpoint, run dir); str() names file and key."""
+
+
+class RunInterruptedError(Exception):
+    """Raised by the training loop after it has saved state in response to a stop signal."""
+
+
+class RunDivergedError(Exception):
+    """Raised when updates failed repeatedly; the last good state has been checkpointed."""
