@@ -146,36 +146,6 @@ def test_analyze_json(h2_run):
     assert all(isinstance(r["energy"], float) and r["error"] > 0 for r in rows)
 
 
-def test_evaluate_from_checkpoint_zero_shot(h2_run, tmp_path):
-    """[init] mode = "evaluate" loads the parameters and only evaluates (on another geometry)."""
-    run, _ = h2_run
-    job = tmp_path / "zs.toml"
-    job.write_text(f"""
-[[geometry]]
-name = "H2_c"
-atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.5, 0.0, 0.0]]
-[model]
-n_determinants = 2
-[optimization]
-batch_size = 32
-[mcmc]
-steps_per_update = 3
-[evaluation]
-steps = 5
-burn_in_steps = 10
-[init]
-checkpoint = "{run / "checkpoints" / "params.h5"}"
-mode = "evaluate"
-[output]
-dir = "{tmp_path / "zs"}"
-""")
-    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with h5py.File(tmp_path / "zs" / "energies.h5", "r") as f:
-        assert f["train/step"].shape == (0,)
-        assert np.isfinite(f["evaluation/energy"][0])
-
-
 def _write_h2_job(path, run_dir, extra=""):
     path.write_text(f"""
 [[geometry]]
@@ -197,6 +167,19 @@ dir = "{run_dir}"
 print_every = 1
 {extra}
 """)
+
+
+def test_evaluate_from_checkpoint_zero_shot(h2_run, tmp_path):
+    """[init] mode = "evaluate" loads the parameters and only evaluates (on another geometry)."""
+    run, _ = h2_run
+    job = tmp_path / "zs.toml"
+    ckpt = run / "checkpoints" / "params.h5"
+    _write_h2_job(job, tmp_path / "zs", f'[init]\ncheckpoint = "{ckpt}"\nmode = "evaluate"\n')
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(tmp_path / "zs" / "energies.h5", "r") as f:
+        assert f["train/step"].shape == (0,)
+        assert np.isfinite(f["evaluation/energy"][0])
 
 
 def test_finetune_from_checkpoint_and_shared_hf_cache(h2_run, tmp_path):
