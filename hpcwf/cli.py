@@ -1,6 +1,9 @@
 """Command line: `hpcwf run JOB.toml`, `hpcwf analyze RUN_DIR [--json]`, `hpcwf inspect CKPT.h5`.
 
 Bad input prints one line `error: <file>: <key>: <what is wrong>` and exits with code 2.
+Under MPI (`mpiexec -n N hpcwf run ...`) only rank 0 prints; a failure that every rank meets
+(bad input, a stop signal, divergence) exits every rank with its code, and a failure of a
+single rank aborts the whole job (MPI_Abort) instead of leaving the others waiting.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys  # noqa: E402
 from hpcwf.errors import (  # noqa: E402
     EXIT_BAD_INPUT,
     EXIT_DIVERGED,
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     InputError,
     RunDivergedError,
@@ -36,7 +40,8 @@ def _run(args) -> int:
     from hpcwf.workflow import run_job  # jax is imported only now, after the input is valid
 
     out = run_job(cfg, restart=args.restart)
-    print(format_table(geometry_results(out)))
+    if _rank() == 0:
+        print(format_table(geometry_results(out)))
     return 0
 
 
@@ -84,14 +89,51 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _collective_exit(f"error: {err}", EXIT_BAD_INPUT)
     except RunInterruptedError as err:
-        print(f"interrupted: {err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _collective_exit(f"interrupted: {err}", EXIT_INTERRUPTED)
     except RunDivergedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_DIVERGED
+        return _collective_exit(f"error: {err}", EXIT_DIVERGED)
+    except Exception:
+        ctx = _context()
+        if ctx is None or ctx.size == 1:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: rank {ctx.rank} failed (traceback above); aborting all ranks", file=sys.stderr)
+        ctx.abort(EXIT_FAILED)
+        raise
+
+
+def _context():
+    """The parallel context if this process has set one up (no import of jax or mpi4py)."""
+    module = sys.modules.get("hpcwf.parallel.context")
+    return None if module is None else module._CONTEXT
+
+
+def _rank() -> int:
+    """MPI rank from the context, else from the launcher's environment (before MPI is set up)."""
+    ctx = _context()
+    if ctx is not None:
+        return ctx.rank
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _collective_exit(message: str, code: int) -> int:
+    """Exit path for failures every rank meets alike: rank 0 prints, all return `code`. If the
+    other ranks do not arrive within a minute (the failure was this rank's alone), abort."""
+    ctx = _context()
+    if _rank() == 0:
+        print(message, file=sys.stderr)
+    if ctx is not None and ctx.size > 1 and not ctx.agree_to_stop():
+        if ctx.rank != 0:
+            print(f"rank {ctx.rank}: {message}", file=sys.stderr)
+        ctx.abort(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Light on purpose (no numpy, no jax): the command line imports it before anything
 from __future__ import annotations
 
 EXIT_OK = 0
+EXIT_FAILED = 1  # an unexpected error (traceback printed); under MPI the whole job is aborted
 EXIT_BAD_INPUT = 2  # one line `error: <file>: <key>: <what is wrong>`, nothing written
 EXIT_DIVERGED = 3  # repeated non-finite updates: stopped with a checkpoint of the last good state
 EXIT_INTERRUPTED = 75  # sysexits EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun resumes
@@ -21,3 +22,7 @@ class RunInterruptedError(Exception):
 
 class RunDivergedError(Exception):
     """Raised when updates failed repeatedly; the last good state has been checkpointed."""
+
+
+class LaunchError(InputError):
+    """The parallel launch is unusable (e.g. srun without PMI): every rank would run alone."""

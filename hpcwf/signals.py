@@ -30,6 +30,12 @@ class StopFlag:
             os._exit(128 + signum)  # second signal: leave now, the newest checkpoint stands
         self.requested = signum
 
+    def describe(self) -> str:
+        """ "SIGTERM"-style name of the signal received here, "a signal on another rank" if none."""
+        if self.requested is None:
+            return "a signal on another rank"
+        return signal.Signals(self.requested).name
+
     def check(self, where: str) -> None:
         """Raises RunInterruptedError if a stop was requested (call where state is safe on disk)."""
         if self.requested is not None:

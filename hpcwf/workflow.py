@@ -1,8 +1,14 @@
 """The job: HF descriptors -> HF pre-training -> VMC optimization -> evaluation.
 
-This module is the edge where files, clocks and printing live; everything it calls is a pure
-function of (params, geometry, state, key). Random keys are derived from (seed, stage, step)
-alone, so a run is reproducible and a later restart needs no RNG stream to be carried.
+This module is the edge where files, clocks, printing and MPI live; everything it calls is a
+pure function of (params, geometry, state, key). Random keys are derived from (seed, stage,
+step, geometry index) alone, so a run is reproducible, a restart needs no RNG stream to be
+carried, and a geometry draws the same numbers whichever rank holds it.
+
+Parallel picture (hpcwf.parallel): the dataset is sharded over ranks; every step each rank
+picks ONE geometry of its shard, samples it and computes its gradient and curvature
+statistics locally, then all ranks meet in one global update. Rank 0 gathers log rows and
+checkpoint state and is the only writer.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import tomli_w
 from flax import traverse_util
 
 from hpcwf.analysis.statistics import blocking_analysis
-from hpcwf.errors import RunDivergedError
+from hpcwf.errors import RunDivergedError, RunInterruptedError
 from hpcwf.hamiltonian import make_local_energy
 from hpcwf.io.checkpoint import (
     CheckpointError,
@@ -44,10 +50,17 @@ from hpcwf.model.wavefunction import (
     init_params,
     log_abs_psi_fn,
 )
+from hpcwf.parallel import ParallelContext, geometry_cost, init_parallel, shard_geometries
 from hpcwf.signals import StopFlag
 from hpcwf.systems.hartree_fock import HartreeFockCache, HartreeFockResult, descriptor_size
 from hpcwf.training.optimizer import ScheduleSettings, make_optimizer
-from hpcwf.training.pretrain import HartreeFockOrbitals, hf_log_abs_psi, make_pretrain_step
+from hpcwf.training.pretrain import (
+    HartreeFockOrbitals,
+    PretrainBatch,
+    hf_log_abs_psi,
+    make_hf_sweep,
+    make_pretrain_optimizer,
+)
 from hpcwf.training.schedule import GeometryScheduler
 from hpcwf.training.vmc import (
     GeometryState,
@@ -78,28 +91,52 @@ class System:
     reference: float | None
 
 
-def prepare_systems(cfg: JobConfig, cache_path: Path, log: Callable) -> list[System]:
-    """HF (cached in `cache_path`) and device arrays for every geometry."""
+def _device_orbitals(hf: HartreeFockResult) -> HartreeFockOrbitals:
+    return HartreeFockOrbitals(
+        basis=jax.tree_util.tree_map(
+            lambda x: jnp.asarray(x, DTYPE) if x.dtype.kind == "f" else x, hf.basis()
+        ),
+        mo_coeff_up=jnp.asarray(hf.mo_coeff_up, DTYPE),
+        mo_coeff_dn=jnp.asarray(hf.mo_coeff_dn, DTYPE),
+    )
+
+
+def prepare_systems(
+    cfg: JobConfig, indices: list[int], cache_path: Path, log: Callable, ctx: ParallelContext
+) -> list[System]:
+    """HF and device arrays for the geometries `indices` (this rank's shard).
+
+    Every rank reads the cache for its shard and runs the missing HF calculations itself (in
+    parallel over ranks); rank 0 then stores all new results, so the cache has one writer.
+    """
     cache = HartreeFockCache(cache_path)
-    systems = []
-    for i, mol in enumerate(cfg.geometries):
+    basis, elements = cfg.hartree_fock.basis, cfg.hartree_fock.elements
+    results, computed, lines = {}, {}, {}
+    for i in indices:
+        mol = cfg.geometries[i]
         t0 = time.perf_counter()
-        n_computed = cache.n_computed
-        hf = cache.get_or_compute(mol, cfg.hartree_fock.basis, cfg.hartree_fock.elements)
-        source = "computed" if cache.n_computed > n_computed else "cached"
-        data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, DTYPE)
-        orbitals = HartreeFockOrbitals(
-            basis=jax.tree_util.tree_map(
-                lambda x: jnp.asarray(x, DTYPE) if x.dtype.kind == "f" else x, hf.basis()
-            ),
-            mo_coeff_up=jnp.asarray(hf.mo_coeff_up, DTYPE),
-            mo_coeff_dn=jnp.asarray(hf.mo_coeff_dn, DTYPE),
-        )
-        log(
+        hf = cache.lookup(mol, basis, elements)
+        source = "cached"
+        if hf is None:
+            hf = computed[i] = cache.compute(mol, basis, elements)
+            source = "computed"
+        results[i] = hf
+        lines[i] = (
             f"HF  {mol.name:<16} E_HF = {hf.energy:.6f} Ha  (n_up={mol.n_up}, n_dn={mol.n_dn}, "
-            f"{source}, {time.perf_counter() - t0:.1f} s)"
+            f"{source} on rank {ctx.rank}, {time.perf_counter() - t0:.1f} s)"
         )
-        systems.append(System(i, mol.name, hf, data, orbitals, mol.reference_energy))
+    gathered = ctx.gather((computed, lines))
+    if ctx.is_root:
+        for part_computed, part_lines in gathered:
+            for i, hf in part_computed.items():
+                cache.store(cfg.geometries[i], basis, elements, hf)
+            for i in sorted(part_lines):
+                log(part_lines[i])
+    systems = []
+    for i in indices:
+        mol, hf = cfg.geometries[i], results[i]
+        data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, DTYPE)
+        systems.append(System(i, mol.name, hf, data, _device_orbitals(hf), mol.reference_energy))
     return systems
 
 
@@ -178,52 +215,94 @@ def _check_run_dir(cfg: JobConfig, out: Path) -> None:
             )
 
 
-def run_job(cfg: JobConfig, log: Callable = print, restart: str | None = None) -> Path:
-    """Runs a whole job; returns the run directory.
+def geometry_key(root: jax.Array, stage: int, step: int, index: int) -> jax.Array:
+    """Key of geometry `index` at `step` of `stage`: independent of which rank holds it."""
+    return jax.random.fold_in(stage_key(root, stage, step), index)
+
+
+def _resume_point(cfg: JobConfig, out: Path, restart: str | None, log: Callable) -> Path | None:
+    """Checks the run dir and returns the checkpoint to resume from (None: fresh start)."""
+    _check_run_dir(cfg, out)
+    resume_path = Path(restart) if restart else latest_valid_checkpoint(out / "checkpoints", log)
+    if resume_path is not None:
+        verify_checkpoint(resume_path)
+    return resume_path
+
+
+def _shard(cfg: JobConfig, ctx: ParallelContext) -> list[list[int]]:
+    try:
+        return shard_geometries([geometry_cost(m.n_electrons) for m in cfg.geometries], ctx.size)
+    except ValueError as err:
+        raise ConfigError(cfg.job_file, "geometry", f"{err}; start fewer ranks") from err
+
+
+def run_job(
+    cfg: JobConfig, log: Callable = print, restart: str | None = None, ctx: ParallelContext | None = None
+) -> Path:
+    """Runs a whole job on every rank of `ctx` (default: this process's MPI launch); returns
+    the run directory.
 
     A run dir that already holds checkpoints of the same job is resumed from the newest valid
     one (or from `restart`); `energies.h5` is truncated to that step and appended to. Raises
-    ConfigError/CheckpointError before anything is written when the input is unusable.
+    ConfigError/CheckpointError on every rank, before anything is written, when the input is
+    unusable. Only rank 0 writes files and prints.
     """
+    ctx = ctx or init_parallel()
+    if not ctx.is_root:
+        log = _quiet
     jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 (METHOD pitfall 4)
     out = Path(cfg.output.dir)
     ckpt_dir = out / "checkpoints"
-    _check_run_dir(cfg, out)
-    resume_path = Path(restart) if restart else latest_valid_checkpoint(ckpt_dir, log)
-    if resume_path is not None:
-        verify_checkpoint(resume_path)
+    resume_path = ctx.root_decides(lambda: _resume_point(cfg, out, restart, log))
+    shards = _shard(cfg, ctx)
+    my_indices = shards[ctx.rank]
+    if cfg.optimization.batch_size % ctx.n_local_devices:
+        raise ConfigError(
+            cfg.job_file,
+            "optimization.batch_size",
+            f"{cfg.optimization.batch_size} walkers cannot be split over {ctx.n_local_devices} devices",
+        )
 
     model = make_model(cfg)
     root = jax.random.PRNGKey(cfg.seed)
-    # Parameters (and an [init] checkpoint's fit to this model) are settled before anything is
-    # written. TAO parameter shapes depend only on the descriptor size, not on the molecule.
-    mol = cfg.geometries[0]
-    d_desc = descriptor_size(cfg.hartree_fock.basis, cfg.hartree_fock.elements)
-    template = geometry_data(
-        mol, np.zeros((mol.n_atoms, mol.n_up, d_desc)), np.zeros((mol.n_atoms, mol.n_dn, d_desc)), DTYPE
-    )
-    params = init_params(model, stage_key(root, STAGE_INIT, 0), template)
     init_file = cfg.init.checkpoint or None
-    if init_file and resume_path is None:
-        params = restore_params(init_file, params, cfg)
+    # Parameters (and an [init] checkpoint's fit to this model) are settled on rank 0 before
+    # anything is written, then broadcast, so every rank starts from the same numbers.
+    params = ctx.root_decides(
+        lambda: jax.device_get(_initial_params(cfg, model, root, init_file if resume_path is None else None))
+    )
+    params = ctx.local_replicated(params)
 
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    write_resolved_config(cfg, out / "config.toml")
-    systems = prepare_systems(cfg, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log)
+    if ctx.is_root:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_resolved_config(cfg, out / "config.toml")
+    if ctx.size > 1:
+        log(f"parallel: {ctx.size} ranks x {ctx.n_local_devices} devices; geometries per rank:")
+        for rank, shard in enumerate(shards):
+            log(f"  rank {rank:>3}: {', '.join(cfg.geometries[i].name for i in shard)}")
+    systems = prepare_systems(cfg, my_indices, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log, ctx)
     log(
         f"model: size {cfg.model.size}, {cfg.model.orbitals} orbitals, "
         f"{cfg.model.n_determinants} determinants, {count_parameters(params)} parameters"
     )
-    energy_log = EnergyLog(out / "energies.h5", [s.name for s in systems], [s.reference for s in systems])
+    energy_log = None
+    if ctx.is_root:
+        energy_log = EnergyLog(
+            out / "energies.h5",
+            [m.name for m in cfg.geometries],
+            [m.reference_energy for m in cfg.geometries],
+        )
     stop = StopFlag().install()
-    trainer = VMCTrainer(cfg, model, systems, root, log, finetune=bool(init_file), stop=stop)
+    trainer = VMCTrainer(cfg, model, systems, root, log, finetune=bool(init_file), stop=stop, ctx=ctx)
 
     if resume_path is not None:
         params = trainer.load(resume_path, params)
-        energy_log.truncate(trainer.step)
+        if energy_log is not None:
+            energy_log.truncate(trainer.step)
         log(f"resumed from {resume_path} at step {trainer.step}")
     else:
-        energy_log.truncate(0)  # a run that died before its first checkpoint starts over
+        if energy_log is not None:
+            energy_log.truncate(0)  # a run that died before its first checkpoint starts over
         if init_file:
             log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
         walkers = {
@@ -238,47 +317,86 @@ def run_job(cfg: JobConfig, log: Callable = print, restart: str | None = None) -
             for s in systems
         }
         if not init_file and cfg.pretraining.steps > 0:
-            params, walkers = pretrain(cfg, model, params, systems, walkers, root, log, stop)
+            params, walkers = pretrain(cfg, model, params, systems, walkers, root, log, stop, ctx)
         trainer.init_states(params, walkers)
 
     if not (init_file and cfg.init.mode == "evaluate"):
         params = trainer.optimize(params, energy_log, ckpt_dir)
-    save_params(ckpt_dir / "params.h5", jax.device_get(params), params_metadata(cfg))
-    energy_log.flush()
+    if ctx.is_root:
+        save_params(ckpt_dir / "params.h5", jax.device_get(params), params_metadata(cfg))
+        energy_log.flush()
 
     if cfg.evaluation.steps > 0:
-        results = evaluate(cfg, params, systems, trainer, root, log, stop)
-        energy_log.write_evaluation(results, len(systems), cfg.evaluation.steps)
+        results = evaluate(cfg, params, systems, trainer, root, log, stop, ctx)
+        if energy_log is not None:
+            energy_log.write_evaluation(results, len(cfg.geometries), cfg.evaluation.steps)
+    ctx.barrier()  # no rank reports success before rank 0 has written everything
     return out
 
 
-def pretrain(cfg, model, params, systems, electrons, root, log, stop: StopFlag):
-    """HF pre-training, geometries round-robin. Returns (params, walkers sampled from HF)."""
-    tx, step_fn = make_pretrain_step(model, cfg.pretraining.learning_rate, cfg.mcmc.steps_per_update)
-    opt_state = tx.init(params)
+def _quiet(*args, **kwargs) -> None:
+    """Log function of ranks other than 0."""
+
+
+def _initial_params(cfg: JobConfig, model: Wavefunction, root, init_file: str | None):
+    """Fresh parameters, or those of `init_file` (CheckpointError if they do not fit)."""
+    # TAO parameter shapes depend only on the descriptor size, not on the molecule.
+    mol = cfg.geometries[0]
+    d_desc = descriptor_size(cfg.hartree_fock.basis, cfg.hartree_fock.elements)
+    template = geometry_data(
+        mol, np.zeros((mol.n_atoms, mol.n_up, d_desc)), np.zeros((mol.n_atoms, mol.n_dn, d_desc)), DTYPE
+    )
+    params = init_params(model, stage_key(root, STAGE_INIT, 0), template)
+    if init_file:
+        params = restore_params(init_file, params, cfg)
+    return params
+
+
+def place_walkers(ctx: ParallelContext, w: WalkerState) -> WalkerState:
+    """Walkers split over this rank's devices along the walker axis; step size replicated."""
+    return WalkerState(
+        electrons=ctx.local_split(jnp.asarray(w.electrons)),
+        log_prob=ctx.local_split(jnp.asarray(w.log_prob)),
+        age=ctx.local_split(jnp.asarray(w.age)),
+        step_size=ctx.local_replicated(jnp.asarray(w.step_size)),
+    )
+
+
+def pretrain(cfg, model, params, systems, electrons, root, log, stop: StopFlag, ctx: ParallelContext):
+    """HF pre-training; each rank goes round-robin through its shard, one global Adam update
+    per step. Returns (params, walkers sampled from HF)."""
+    optimizer = make_pretrain_optimizer(model, cfg.pretraining.learning_rate)
+    update = ctx.make_global_update(optimizer.apply)
+    sweep = make_hf_sweep(cfg.mcmc.steps_per_update)
+    opt_state = ctx.local_replicated(optimizer.init(params, None, None))
     n = cfg.pretraining.batch_size or cfg.optimization.batch_size
     hf_batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
     walkers = {
-        s.index: init_walkers(
-            hf_batched, s.hf_orbitals, s.data, electrons[s.index][:n], cfg.mcmc.initial_step_size
+        s.index: place_walkers(
+            ctx,
+            init_walkers(
+                hf_batched, s.hf_orbitals, s.data, electrons[s.index][:n], cfg.mcmc.initial_step_size
+            ),
         )
         for s in systems
     }
     t0 = time.perf_counter()
     for t in range(cfg.pretraining.steps):
         s = systems[t % len(systems)]
-        params, opt_state, walkers[s.index], loss, pmove = step_fn(
-            params,
-            opt_state,
-            s.data,
-            s.hf_orbitals,
-            walkers[s.index],
-            stage_key(root, STAGE_PRETRAIN, t),
-        )
-        stop.check("during HF pre-training (no checkpoint yet: a rerun starts over)")
+        key = geometry_key(root, STAGE_PRETRAIN, t, s.index)
+        walkers[s.index], pmove = sweep(s.hf_orbitals, s.data, walkers[s.index], key)
+        batch = PretrainBatch(walkers[s.index].electrons, s.data, s.hf_orbitals)
+        stats = optimizer.local_statistics(params, opt_state, key, batch)
+        params, opt_state, info = update(params, opt_state, stats, t)
+        (stopping,) = ctx.any([stop.requested is not None])
+        if stopping:
+            raise RunInterruptedError(
+                f"stopped by {stop.describe()} during HF pre-training at step {t + 1} (no checkpoint yet: "
+                "a rerun starts over)"
+            )
         if (t + 1) % cfg.output.print_every == 0 or t + 1 == cfg.pretraining.steps:
             log(
-                f"pretrain {t + 1:>6}/{cfg.pretraining.steps}  {s.name:<12} loss {float(loss):.3e}  "
+                f"pretrain {t + 1:>6}/{cfg.pretraining.steps}  {s.name:<12} loss {float(info['loss']):.3e}  "
                 f"pmove {float(pmove):.2f}  {(time.perf_counter() - t0) / (t + 1):.3f} s/step"
             )
     # Pre-trained walkers (HF distribution) replace the first n starting positions.
@@ -289,10 +407,13 @@ def pretrain(cfg, model, params, systems, electrons, root, log, stop: StopFlag):
 
 
 class VMCTrainer:
-    """Variational optimization, one geometry per step chosen by the scheduler.
+    """Variational optimization of this rank's shard, one geometry per step and rank, chosen
+    by the scheduler; one global update per step over all ranks.
 
     Owns everything a checkpoint must hold: the step, optimizer state, scheduler statistics and
-    every geometry's `GeometryState` (walkers, step size, ages, clipping statistics).
+    every local geometry's `GeometryState` (walkers, step size, ages, clipping statistics);
+    `save` gathers them from all ranks, `load` takes this rank's part of any checkpoint (also
+    one written by a different number of ranks).
     """
 
     def __init__(
@@ -304,8 +425,9 @@ class VMCTrainer:
         log,
         finetune: bool,
         stop: StopFlag,
+        ctx: ParallelContext,
     ):
-        self.cfg, self.systems, self.root, self.log, self.stop = cfg, systems, root, log, stop
+        self.cfg, self.systems, self.root, self.log, self.stop, self.ctx = cfg, systems, root, log, stop, ctx
         o = cfg.optimization
         if finetune:  # fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3)
             schedule = ScheduleSettings(
@@ -329,7 +451,10 @@ class VMCTrainer:
             )
         self.log_abs_psi = log_abs_psi_fn(model)
         self.local_energy = make_local_energy(self.log_abs_psi, "forward")
-        self.optimizer = make_optimizer(o.optimizer, make_energy_loss(self.log_abs_psi), schedule)
+        self.optimizer = make_optimizer(
+            o.optimizer, make_energy_loss(self.log_abs_psi), schedule, o.batch_size * ctx.size
+        )
+        self.update = ctx.make_global_update(self.optimizer.apply)
         self.sample_and_measure = make_sample_and_measure(
             self.log_abs_psi,
             self.local_energy,
@@ -346,45 +471,86 @@ class VMCTrainer:
         self.opt_state = None
         self.step = 0
 
+    def _place(self, state: GeometryState) -> GeometryState:
+        """Walkers split over this rank's devices, scalars replicated."""
+        return GeometryState(
+            walkers=place_walkers(self.ctx, state.walkers),
+            clip_center=self.ctx.local_replicated(jnp.asarray(state.clip_center)),
+            clip_width=self.ctx.local_replicated(jnp.asarray(state.clip_width)),
+        )
+
+    def _template_batch(self) -> VMCBatch:
+        """A batch of the right structure (this rank's first geometry) for optimizer.init."""
+        s, n = self.systems[0], self.cfg.optimization.batch_size
+        return VMCBatch(jnp.zeros((n, s.data.n_electrons, 3), DTYPE), jnp.zeros(n, DTYPE), s.data)
+
+    def _init_optimizer(self, params):
+        # The same key and parameters on every rank: the state starts identical everywhere.
+        state = self.optimizer.init(params, stage_key(self.root, STAGE_INIT, 1), self._template_batch())
+        return self.ctx.local_replicated(state)
+
     def init_states(self, params, electrons: dict[int, np.ndarray]) -> None:
         batched = jax.vmap(self.log_abs_psi, (None, 0, None))
         for s in self.systems:
             walkers = init_walkers(
                 batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size
             )
-            self.states[s.index] = new_geometry_state(walkers)
+            self.states[s.index] = self._place(new_geometry_state(walkers))
+        self.opt_state = self._init_optimizer(params)
 
     def burn(self, params, s: System, steps: int, stage: int) -> None:
         walkers = self.states[s.index].walkers
         for chunk in range(steps // BURN_IN_CHUNK):
-            walkers = self._burn_in(
-                params, s.data, walkers, stage_key(self.root, stage, s.index * 100003 + chunk)
-            )
+            walkers = self._burn_in(params, s.data, walkers, geometry_key(self.root, stage, chunk, s.index))
         self.states[s.index] = self.states[s.index].replace(walkers=walkers)
 
     def save(self, params, ckpt_dir: Path) -> Path:
-        path = checkpoint_path(ckpt_dir, self.step)
-        save_checkpoint(
-            path,
-            step=self.step,
-            params=jax.device_get(params),
-            optimizer_state=jax.device_get(self.opt_state),
-            geometry_states={i: jax.device_get(st) for i, st in self.states.items()},
-            scheduler_state=self.scheduler.state_dict(),
-            config_toml=tomli_w.dumps(config_to_dict(self.cfg)),
-            geometries=[m.to_dict() for m in self.cfg.geometries],
-            metadata=params_metadata(self.cfg),
+        """Gathers every rank's geometry and scheduler state; rank 0 writes. Collective."""
+        sched = self.scheduler.state_dict()
+        mine = (
+            {s.index: jax.device_get(self.states[s.index]) for s in self.systems},
+            {s.index: {k: v[j] for k, v in sched.items()} for j, s in enumerate(self.systems)},
         )
-        apply_retention(ckpt_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
+        parts = self.ctx.gather(mine)
+        path = checkpoint_path(ckpt_dir, self.step)
+        if self.ctx.is_root:
+            states, per_geometry = {}, {}
+            for part_states, part_sched in parts:
+                states.update(part_states)
+                per_geometry.update(part_sched)
+            n = len(self.cfg.geometries)
+            scheduler_state = {
+                k: np.array([per_geometry[i][k] for i in range(n)], dtype=np.asarray(v).dtype)
+                for k, v in sched.items()
+            }
+            save_checkpoint(
+                path,
+                step=self.step,
+                params=jax.device_get(params),
+                optimizer_state=jax.device_get(self.opt_state),
+                geometry_states=states,
+                scheduler_state=scheduler_state,
+                config_toml=tomli_w.dumps(config_to_dict(self.cfg)),
+                geometries=[m.to_dict() for m in self.cfg.geometries],
+                metadata=params_metadata(self.cfg),
+            )
+            apply_retention(ckpt_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
+        self.ctx.barrier()  # the file is on disk before any rank goes on (or exits on a signal)
         return path
 
     def load(self, path: Path, params_template):
-        """Restores step, params, optimizer, scheduler and all geometry states from `path`."""
+        """Restores step, params, optimizer, scheduler and this rank's geometry states from
+        `path`, whatever number of ranks wrote it."""
         n_walkers = self.cfg.optimization.batch_size
-        shapes = {
-            s.index: GeometryState(
+        mine = {s.index: s for s in self.systems}
+
+        def state_template(index: int):
+            if index not in mine:
+                return None  # another rank's geometry
+            n_el = mine[index].data.n_electrons
+            return GeometryState(
                 walkers=WalkerState(
-                    electrons=np.zeros((n_walkers, s.data.n_electrons, 3), np.float32),
+                    electrons=np.zeros((n_walkers, n_el, 3), np.float32),
                     log_prob=np.zeros(n_walkers, np.float32),
                     age=np.zeros(n_walkers, np.int32),
                     step_size=np.zeros((), np.float32),
@@ -392,63 +558,71 @@ class VMCTrainer:
                 clip_center=np.zeros((), np.float32),
                 clip_width=np.zeros((), np.float32),
             )
-            for s in self.systems
-        }
+
         # The optimizer state's structure comes from the optimizer itself (shapes only).
-        s = self.systems[0]
-        batch = VMCBatch(
-            jnp.zeros((n_walkers, s.data.n_electrons, 3), DTYPE), jnp.zeros(n_walkers, DTYPE), s.data
-        )
-        opt_template = jax.eval_shape(self.optimizer.init, params_template, self.root, batch)
-        templates = {"params": params_template, "geometry_state": shapes, "optimizer": opt_template}
+        opt_template = jax.eval_shape(self.optimizer.init, params_template, self.root, self._template_batch())
+        templates = {"params": params_template, "geometry_state": state_template, "optimizer": opt_template}
         if not checkpoint_has_optimizer_state(path):
             templates["optimizer"] = None
         ckpt = load_checkpoint(path, templates)
-        if sorted(ckpt.geometry_states) != sorted(shapes):
+        if len(ckpt.geometries) != len(self.cfg.geometries) or sorted(ckpt.geometry_states) != sorted(mine):
             raise CheckpointError(
-                f"{path}: holds {len(ckpt.geometry_states)} geometries, job has {len(shapes)}"
+                f"{path}: holds {len(ckpt.geometries)} geometries, job has {len(self.cfg.geometries)}"
             )
-        to_device = lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)  # noqa: E731
-        self.states = {i: to_device(st) for i, st in ckpt.geometry_states.items()}
-        self.scheduler.load_state_dict(ckpt.scheduler_state)
+        self.states = {i: self._place(st) for i, st in ckpt.geometry_states.items()}
+        order = [s.index for s in self.systems]
+        self.scheduler.load_state_dict({k: np.asarray(v)[order] for k, v in ckpt.scheduler_state.items()})
         self.step = ckpt.step
-        self.opt_state = None if ckpt.optimizer_state is None else to_device(ckpt.optimizer_state)
-        params = to_device(ckpt.params)
+        params = self.ctx.local_replicated(ckpt.params)
+        if ckpt.optimizer_state is None:
+            self.opt_state = self._init_optimizer(params)
+        else:
+            self.opt_state = self.ctx.local_replicated(ckpt.optimizer_state)
         return params
 
-    def optimize(self, params, energy_log: EnergyLog, ckpt_dir: Path):
-        cfg, o = self.cfg, self.cfg.optimization
+    def optimize(self, params, energy_log: EnergyLog | None, ckpt_dir: Path):
+        """Runs steps until `optimization.steps`; checkpoints as configured, on a stop signal
+        (then raises RunInterruptedError) and at the end. `energy_log` is rank 0's (None on
+        the other ranks)."""
+        cfg, o, ctx = self.cfg, self.cfg.optimization, self.ctx
         every_steps, every_seconds = cfg.checkpoint.every_steps, 60.0 * cfg.checkpoint.every_minutes
         t_start = last_ckpt = time.perf_counter()
         window: list[float] = []
         consecutive_skips = 0
         while self.step < o.steps:
             t, t_step = self.step, time.perf_counter()
-            s = self.systems[self.scheduler.next_geometry(t)]
-            if self.scheduler.n_updates[s.index] == 0:  # first visit: equilibrate its walkers
+            j = self.scheduler.next_geometry(t)  # position in this rank's shard
+            s = self.systems[j]
+            if self.scheduler.n_updates[j] == 0:  # first visit: equilibrate its walkers
                 self.burn(params, s, cfg.mcmc.burn_in_steps, STAGE_BURN_IN)
-            k_sample, k_opt = jax.random.split(stage_key(self.root, STAGE_VMC, t))
+            k_sample, k_opt = jax.random.split(geometry_key(self.root, STAGE_VMC, t, s.index))
             self.states[s.index], batch, stats = self.sample_and_measure(
                 params, s.data, self.states[s.index], k_sample
             )
-            if self.opt_state is None:
-                self.opt_state = self.optimizer.init(params, k_opt, batch)
             stats = jax.device_get(stats)
-            if stats["n_nonfinite"] == 0:
-                params, self.opt_state, opt_stats = self.optimizer.step(
-                    params, self.opt_state, k_opt, batch, t
+            time_due = bool(every_seconds) and time.perf_counter() - last_ckpt >= every_seconds
+            # One agreement per step: skip the update if any rank has non-finite energies,
+            # stop if any rank got a signal, checkpoint if rank 0's clock says so.
+            skip, stopping, time_due = ctx.any(
+                [stats["n_nonfinite"] > 0, self.stop.requested is not None, time_due and ctx.is_root]
+            )
+            if not skip:
+                local = jax.block_until_ready(
+                    self.optimizer.local_statistics(params, self.opt_state, k_opt, batch)
                 )
-                opt_stats = jax.device_get(opt_stats)
-            else:  # never step on a batch with non-finite local energies
-                self.log(
-                    f"step {t}: {int(stats['n_nonfinite'])} non-finite local energies on {s.name}; skipped"
-                )
-                opt_stats = {"learning_rate": np.nan, "damping": np.nan, "grad_norm": np.nan}
-            jax.block_until_ready(params)
+                t_sync = time.perf_counter()
+                params, self.opt_state, info = self.update(params, self.opt_state, local, t)
+                info = jax.device_get(info)
+                sync_time = time.perf_counter() - t_sync
+                consecutive_skips = 0
+            else:  # never step on a batch with non-finite local energies (on any rank)
+                consecutive_skips += 1
+                info = {"learning_rate": np.nan, "damping": np.nan, "grad_norm": np.nan}
+                sync_time = np.nan
             step_time = time.perf_counter() - t_step
-            self.scheduler.record(s.index, t, float(stats["variance"]))
+            self.scheduler.record(j, t, float(stats["variance"]))
             self.step = t + 1
-            energy_log.append(
+            row = dict(
                 step=t,
                 geometry=s.index,
                 energy=stats["energy"],
@@ -456,29 +630,34 @@ class VMCTrainer:
                 clipped_energy=stats["clipped_energy"],
                 pmove=stats["pmove"],
                 step_size=stats["step_size"],
-                learning_rate=opt_stats["learning_rate"],
-                damping=opt_stats["damping"],
-                grad_norm=opt_stats["grad_norm"],
+                learning_rate=info["learning_rate"],
+                damping=info["damping"],
+                grad_norm=info["grad_norm"],
                 time=time.perf_counter() - t_start,
                 step_time=step_time,
+                sync_time=sync_time,
+                n_nonfinite=int(stats["n_nonfinite"]),
             )
+            rows = ctx.gather(row)
+            if energy_log is not None:
+                for r in rows:
+                    if r["n_nonfinite"]:
+                        name = cfg.geometries[r["geometry"]].name
+                        self.log(
+                            f"step {t}: {r['n_nonfinite']} non-finite E_L on {name}; update skipped"
+                        )
+                    energy_log.append(**r)
             window.append(step_time)
             if self.step % cfg.output.print_every == 0 or self.step == o.steps:
-                err = float(np.sqrt(stats["variance"] / batch.electrons.shape[0]))
-                self.log(
-                    f"step {self.step:>7}/{o.steps}  {s.name:<12}"
-                    f" E = {float(stats['energy']):.5f} +- {err:.5f} Ha"
-                    f"  var {float(stats['variance']):.4f}  pmove {float(stats['pmove']):.2f}"
-                    f"  {np.median(window):.3f} s/step"
-                )
+                self._progress(stats, s, batch.electrons.shape[0], window, rows)
                 window.clear()
-                energy_log.flush()  # readable by h5py while the run is live
-            due = (every_steps and self.step % every_steps == 0) or (
-                every_seconds and time.perf_counter() - last_ckpt >= every_seconds
-            )
+                if energy_log is not None:
+                    energy_log.flush()  # readable by h5py while the run is live
+            due = (every_steps and self.step % every_steps == 0) or time_due
             diverged = consecutive_skips >= MAX_CONSECUTIVE_SKIPS
-            if due or self.step == o.steps or self.stop.requested is not None or diverged:
-                energy_log.flush()  # the log never lags behind the newest checkpoint
+            if due or self.step == o.steps or stopping or diverged:
+                if energy_log is not None:
+                    energy_log.flush()  # the log never lags behind the newest checkpoint
                 path = self.save(params, ckpt_dir)
                 last_ckpt = time.perf_counter()
                 self.log(f"checkpoint {path}")
@@ -486,15 +665,41 @@ class VMCTrainer:
                 raise RunDivergedError(
                     f"{consecutive_skips} consecutive updates skipped; last good state in {path}"
                 )
-            if self.stop.requested is not None:
-                self.stop.check(f"at step {self.step}; checkpoint {path}")
+            if stopping:
+                raise RunInterruptedError(
+                    f"stopped by {self.stop.describe()} at step {self.step}; checkpoint {path}"
+                )
         return params
 
+    def _progress(self, stats, s: System, n_walkers: int, window: list[float], rows) -> None:
+        """Rank 0's progress line: its own geometry, plus throughput and sync share over ranks."""
+        if rows is None:
+            return
+        err = float(np.sqrt(stats["variance"] / n_walkers))
+        line = (
+            f"step {self.step:>7}/{self.cfg.optimization.steps}  {s.name:<12}"
+            f" E = {float(stats['energy']):.5f} +- {err:.5f} Ha"
+            f"  var {float(stats['variance']):.4f}  pmove {float(stats['pmove']):.2f}"
+            f"  {np.median(window):.3f} s/step"
+        )
+        if self.ctx.size > 1:
+            # The rank that arrived last in the global update waited least: its time there is
+            # the update itself (all-reduce + K-FAC inverses); the rest is lock-step waiting.
+            sync = np.array([r["sync_time"] for r in rows])
+            step = max(float(np.median(window)), 1e-9)
+            if np.isfinite(sync).all():
+                line += (
+                    f"  [{len(rows)} geometries/step, update {sync.min() / step:.0%},"
+                    f" wait {(sync.max() - sync.min()) / step:.0%}]"
+                )
+        self.log(line)
 
-def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFlag) -> dict:
+
+def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFlag, ctx: ParallelContext):
     """Unclipped E_L over `evaluation.steps` samples per geometry with fixed parameters;
-    blocking error bars on the series of per-step walker means. Starts from the trainer's
-    walkers of each geometry."""
+    blocking error bars on the series of per-step walker means. Each rank evaluates its shard
+    (no collectives) starting from the trainer's walkers; rank 0 gets {index: result} of all
+    geometries, the other ranks None."""
     states = trainer.states
     sweep = make_mcmc_sweep(
         jax.vmap(trainer.log_abs_psi, (None, 0, None)),
@@ -510,14 +715,14 @@ def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFla
         e = energies_fn(params, walkers.electrons, geometry)
         return walkers, jnp.mean(e), jnp.var(e)
 
-    results = {}
+    results, lines = {}, {}
     log(f"evaluation: {cfg.evaluation.steps} steps per geometry")
     for s in systems:
         trainer.burn(params, s, cfg.evaluation.burn_in_steps, STAGE_EVAL)
         w = states[s.index].walkers
         means, variances = [], []
         for t in range(cfg.evaluation.steps):
-            w, m, v = eval_step(params, s.data, w, stage_key(root, STAGE_EVAL, 1_000_000 * (s.index + 1) + t))
+            w, m, v = eval_step(params, s.data, w, geometry_key(root, STAGE_EVAL, t, s.index))
             means.append(float(m))
             variances.append(float(v))
             stop.check("during evaluation (training is checkpointed: a rerun re-evaluates)")
@@ -535,5 +740,16 @@ def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFla
             if s.reference is None
             else f"  ref {s.reference:.5f}  diff {1000 * (b.mean - s.reference):+.2f} mHa"
         )
-        log(f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {b.autocorrelation_time:.1f}{ref}")
-    return results
+        lines[s.index] = (
+            f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {b.autocorrelation_time:.1f}{ref}"
+        )
+    parts = ctx.gather((results, lines))
+    if not ctx.is_root:
+        return None
+    merged, all_lines = {}, {}
+    for part_results, part_lines in parts:
+        merged.update(part_results)
+        all_lines.update(part_lines)
+    for i in sorted(all_lines):
+        log(all_lines[i])
+    return merged

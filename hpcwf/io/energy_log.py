@@ -5,7 +5,10 @@ Layout:
     /geometries  names (utf-8 strings) [n_geometries], reference_energy [n_geometries] (NaN = unknown)
     /train       equal-length 1-D datasets, one row per (step, geometry): step, geometry, energy,
                  variance, clipped_energy, pmove, step_size, learning_rate, damping, grad_norm,
-                 time (s since the start of optimization), step_time (s)
+                 time (s since the start of optimization), step_time (s), sync_time (s spent
+                 in the global update: waiting for the other ranks, all-reduce and K-FAC inverse;
+                 NaN for a skipped update), n_nonfinite (walkers with non-finite E_L)
+                 Under MPI every step has one row per rank, gathered by rank 0.
     /evaluation  per geometry: energy, error, variance, autocorrelation_time, n_samples
                  (NaN / 0 where a geometry was not evaluated); attrs: steps
 Energies in Hartree.
@@ -32,6 +35,8 @@ TRAIN_FIELDS: dict[str, type] = {
     "grad_norm": np.float64,
     "time": np.float64,
     "step_time": np.float64,
+    "sync_time": np.float64,
+    "n_nonfinite": np.int32,
 }
 EVALUATION_FIELDS = ("energy", "error", "variance", "autocorrelation_time", "n_samples")
 

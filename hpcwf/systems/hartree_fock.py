@@ -409,16 +409,38 @@ class HartreeFockCache:
         elements: Sequence[str] = DEFAULT_ELEMENTS,
     ) -> HartreeFockResult:
         """Stored result for this geometry and settings, else computed, stored and returned."""
+        result = self.lookup(molecule, basis, elements)
+        if result is None:
+            result = self.compute(molecule, basis, elements)
+            self.store(molecule, basis, elements, result)
+        return result
+
+    def lookup(
+        self, molecule: Molecule, basis: str = DEFAULT_BASIS, elements: Sequence[str] = DEFAULT_ELEMENTS
+    ) -> HartreeFockResult | None:
+        """The stored result, or None (read-only: safe while other processes read too)."""
         elements = tuple(elements)
         _check_elements(molecule, elements)
-        key = cache_key(molecule, basis, elements)
-        result = self._load(key, molecule)
-        if result is not None:
-            return result
-        result = self.compute_fn(molecule, basis, elements)
+        return self._load(cache_key(molecule, basis, elements), molecule)
+
+    def compute(
+        self, molecule: Molecule, basis: str = DEFAULT_BASIS, elements: Sequence[str] = DEFAULT_ELEMENTS
+    ) -> HartreeFockResult:
+        """Runs `compute_fn` (no file access); counts it in `n_computed`."""
+        result = self.compute_fn(molecule, basis, tuple(elements))
         self.n_computed += 1
-        self._store(key, molecule, basis, elements, result)
         return result
+
+    def store(
+        self,
+        molecule: Molecule,
+        basis: str,
+        elements: Sequence[str],
+        result: HartreeFockResult,
+    ) -> None:
+        """Writes `result` (one writer at a time: under MPI only rank 0 calls this)."""
+        elements = tuple(elements)
+        self._store(cache_key(molecule, basis, elements), molecule, basis, elements, result)
 
     def _load(self, key: str, molecule: Molecule) -> HartreeFockResult | None:
         if not self.path.exists():

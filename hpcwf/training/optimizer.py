@@ -1,7 +1,16 @@
-"""Optimizers behind one interface: K-FAC (kfac-jax) and Adam (optax).
+"""Optimizers behind one interface, split into a local and a global part.
 
-    opt = make_optimizer(...); state = opt.init(params, key, batch)
-    params, state, stats = opt.step(params, state, key, batch, step)
+    opt = make_optimizer(kind, loss, schedule, total_walkers)
+    state = opt.init(params, key, batch)                       # identical on every rank
+    stats = opt.local_statistics(params, state, key, batch)    # this rank's geometry
+    params, state, info = update(params, state, stats, step)   # update = ctx.make_global_update(opt.apply)
+
+`local_statistics` is jitted per molecule shape and has no collectives: loss, gradients and
+(for K-FAC) the curvature estimate updated with this rank's batch, all parameter-shaped, with
+a leading axis of length 1. `apply` runs inside the global program on every device of every
+rank: it averages those statistics with `lax.pmean` over AXIS and updates the parameters, so
+parameters stay identical everywhere. This split is what lets ranks hold molecules of
+different sizes in lock-step (see hpcwf.parallel.context).
 
 The loss is `energy_loss` (hpcwf.training.vmc): its value is a surrogate whose gradient is
 2 <(E_clip - <E_clip>) d log|psi|>, and it registers log|psi| as the mean of a normal
@@ -12,12 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import kfac_jax
 import optax
+from flax import struct
 
+from hpcwf.parallel.context import AXIS, pmean_coalesced
 from hpcwf.training.schedule import damping, learning_rate
 
 
@@ -40,9 +52,48 @@ class ScheduleSettings:
         return damping(t, self.damping, self.damping_initial, self.damping_decay_steps)
 
 
+@struct.dataclass
+class LocalStatistics:
+    """One rank's contribution to an update; every leaf has a leading axis of length 1.
+
+    loss: [1]; grads: parameter tree; curvature: K-FAC estimator state after this rank's
+    batch entered its moving average (not yet averaged over ranks), None for first-order
+    optimizers.
+    """
+
+    loss: jnp.ndarray
+    grads: Any
+    curvature: Any = None
+
+
+def _leading_axis(tree):
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], tree)
+
+
+def pmean_statistics(stats: LocalStatistics) -> LocalStatistics:
+    """All statistics averaged over every device of every rank, in one all-reduce (inside
+    the global program)."""
+    return pmean_coalesced(stats)
+
+
 class KFACOptimizer:
-    def __init__(self, loss: Callable, schedule: ScheduleSettings):
+    """kfac-jax's K-FAC with its step split in two (kfac-jax's own internals, so the
+    curvature blocks, inverses, damping and norm constraint are exactly kfac-jax's):
+
+    local:  curvature-estimate update with this rank's batch, loss and gradients
+    global: average of all of it over AXIS in one all-reduce (what kfac-jax's `sync` and
+            pmean do leaf by leaf), inverse cache update, preconditioning, norm constraint,
+            parameter update. Inverses are computed redundantly on every device rather than
+            distributed (kfac-jax's default), which would cost one more collective per block.
+
+    No momentum, no adaptive damping: the fixed schedules of METHOD 2.3.
+    """
+
+    def __init__(self, loss: Callable, schedule: ScheduleSettings, total_walkers: int):
         self.schedule = schedule
+        self.total_walkers = total_walkers
+        # multi_device=True makes kfac-jax reduce over AXIS wherever it is bound (the global
+        # program); in the local program it is unbound and every reduction is a no-op.
         self._opt = kfac_jax.Optimizer(
             value_and_grad_func=jax.value_and_grad(loss, has_aux=True),
             l2_reg=0.0,
@@ -55,62 +106,134 @@ class KFACOptimizer:
             inverse_update_period=1,
             min_damping=1e-8,
             num_burnin_steps=0,
-            multi_device=False,
+            multi_device=True,
+            pmap_axis_name=AXIS,
+            distributed_inverses=False,
+            distributed_precon_apply=False,
             include_norms_in_stats=True,
         )
+        self._init = jax.jit(self._init_fn)
+        self._local = jax.jit(self._local_fn)
+
+    def _schedules(self, state):
+        lr, momentum, damp, precon_damping = self._opt._setup_state_and_schedules(
+            None, 0.0, None, state.step_counter, state.data_seen
+        )
+        return lr, momentum, damp, precon_damping
+
+    def _init_fn(self, params, key, batch):
+        with self._opt.staging_context():
+            return self._opt._init(params, key, batch)
 
     def init(self, params, key, batch):
-        return self._opt.init(params, key, batch)
+        if not self._opt.finalized:
+            self._opt.finalize(params, key, batch)
+        return self._init(params, key, batch)
 
-    def step(self, params, state, key, batch, step: int):
-        params, state, stats = self._opt.step(params, state, key, batch=batch, momentum=0.0)
-        return (
-            params,
-            state,
-            {
-                "learning_rate": stats["learning_rate"],
-                "damping": stats["damping"],
-                "grad_norm": stats.get("grad_norm", jnp.nan),
-                "update_norm": stats.get("update_norm", jnp.nan),
-            },
-        )
+    def _local_fn(self, params, state, key, batch):
+        opt = self._opt
+        with opt.staging_context():
+            _, _, _, precon_damping = self._schedules(state)
+            func_args, rng = opt._setup_func_args_and_rng(params, key, batch, None)
+            curvature = opt._update_estimator_curvature(
+                state.estimator_state,
+                func_args,
+                rng,
+                ema_old=opt._curvature_ema,
+                ema_new=1.0,
+                precon_damping=precon_damping,
+                sync=False,
+            )
+            loss, grads, _, _ = opt._compute_loss_and_grads(func_args)
+        return LocalStatistics(*_leading_axis((loss, grads, curvature)))
+
+    def local_statistics(self, params, state, key, batch) -> LocalStatistics:
+        return self._local(params, state, key, batch)
+
+    def apply(self, params, state, stats: LocalStatistics, step):
+        """Inside the global program. Mirrors kfac_jax.Optimizer._step for momentum 0 and
+        fixed schedules."""
+        opt = self._opt
+        with opt.staging_context():
+            state = state.copy()
+            lr, momentum, damp, precon_damping = self._schedules(state)
+            stats = pmean_statistics(stats)
+            loss, grads = stats.loss, stats.grads
+            # The factors are now averaged over ranks (the cache was identical already):
+            # mark the estimate synced so kfac-jax does not average it again.
+            state.estimator_state = type(stats.curvature)(
+                synced=jnp.asarray(True), blocks_states=stats.curvature.blocks_states
+            )
+            state = opt._maybe_update_inverse_cache(state, precon_damping)
+            precon = opt._compute_preconditioned_gradient(state, grads, precon_damping)
+            precon, _ = opt._maybe_apply_norm_constraint(grads, precon, lr)
+            vectors = (precon, state.velocities)
+            coefficients, _ = opt._coefficients_and_quad_change(
+                state, vectors, grads, lr, momentum, damp, None, False
+            )
+            delta = opt._weighted_sum_of_objects(vectors, coefficients)
+            params = jax.tree_util.tree_map(jnp.add, params, delta)
+            state.velocities = delta
+            state.data_seen = state.data_seen + self.total_walkers
+            state.step_counter = state.step_counter + 1
+        info = {
+            "loss": loss,
+            "learning_rate": -coefficients[0],
+            "damping": damp,
+            "grad_norm": kfac_jax.utils.norm(grads),
+            "update_norm": kfac_jax.utils.norm(delta),
+        }
+        return params, state, info
 
 
-class AdamOptimizer:
-    def __init__(self, loss: Callable, schedule: ScheduleSettings):
-        self.schedule = schedule
-        self._tx = optax.chain(
-            optax.clip_by_global_norm(1.0),
-            optax.scale_by_adam(),
-            optax.scale_by_schedule(lambda t: -schedule.lr(t)),
-        )
-        grad_fn = jax.grad(loss, has_aux=True)
+class OptaxOptimizer:
+    """A first-order optax transform with the same local/global split (gradients only)."""
+
+    def __init__(self, loss: Callable, tx: optax.GradientTransformation, lr: Callable[[Any], Any]):
+        self._tx, self._lr = tx, lr
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
 
         @jax.jit
-        def _step(params, opt_state, batch):
-            grads, _ = grad_fn(params, batch)
-            updates, opt_state = self._tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+        def _local(params, state, key, batch):
+            (loss_value, _), grads = grad_fn(params, batch)
+            return LocalStatistics(*_leading_axis((loss_value, grads)))
 
-        self._step = _step
+        self._local = _local
 
     def init(self, params, key, batch):
         return self._tx.init(params)
 
-    def step(self, params, state, key, batch, step: int):
-        params, state, grad_norm = self._step(params, state, batch)
-        return (
-            params,
-            state,
-            {
-                "learning_rate": self.schedule.lr(step),
-                "damping": jnp.nan,
-                "grad_norm": grad_norm,
-                "update_norm": jnp.nan,
-            },
-        )
+    def local_statistics(self, params, state, key, batch) -> LocalStatistics:
+        return self._local(params, state, key, batch)
+
+    def apply(self, params, state, stats: LocalStatistics, step):
+        stats = pmean_statistics(stats)
+        loss, grads = stats.loss, stats.grads
+        updates, state = self._tx.update(grads, state, params)
+        info = {
+            "loss": loss,
+            "learning_rate": jnp.asarray(self._lr(step), jnp.float32),
+            "damping": jnp.asarray(jnp.nan, jnp.float32),
+            "grad_norm": optax.global_norm(grads),
+            "update_norm": optax.global_norm(updates),
+        }
+        return optax.apply_updates(params, updates), state, info
 
 
-def make_optimizer(kind: str, loss: Callable, schedule: ScheduleSettings):
-    """`kind` is "kfac" or "adam"."""
-    return {"kfac": KFACOptimizer, "adam": AdamOptimizer}[kind](loss, schedule)
+def adam_optimizer(loss: Callable, schedule: ScheduleSettings) -> OptaxOptimizer:
+    """Adam with global-norm clipping at 1 and the lr schedule (the `optimizer = "adam"` option)."""
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.scale_by_adam(),
+        optax.scale_by_schedule(lambda t: -schedule.lr(t)),
+    )
+    return OptaxOptimizer(loss, tx, schedule.lr)
+
+
+def make_optimizer(kind: str, loss: Callable, schedule: ScheduleSettings, total_walkers: int):
+    """`kind` is "kfac" or "adam"; `total_walkers` = walkers per step over all ranks."""
+    if kind == "kfac":
+        return KFACOptimizer(loss, schedule, total_walkers)
+    if kind == "adam":
+        return adam_optimizer(loss, schedule)
+    raise ValueError(f"unknown optimizer {kind!r}")

@@ -17,6 +17,7 @@ from flax import struct
 from hpcwf.mcmc import make_mcmc_sweep
 from hpcwf.model.geometry import GeometryData
 from hpcwf.systems.gaussian_basis import GaussianBasis, evaluate_orbitals
+from hpcwf.training.optimizer import OptaxOptimizer
 
 
 @struct.dataclass
@@ -46,27 +47,34 @@ def hf_log_abs_psi(hf: HartreeFockOrbitals, electrons: jnp.ndarray, geometry: Ge
     return jnp.linalg.slogdet(hf_slater_matrix(hf, electrons, geometry.n_up))[1]
 
 
-def make_pretrain_step(
-    model, learning_rate: float, mcmc_steps: int
-) -> tuple[optax.GradientTransformation, Callable]:
-    """Returns (optax transform, jitted step).
+@struct.dataclass
+class PretrainBatch:
+    """Walkers of one geometry sampled from |psi_HF|^2 and the HF orbitals to fit there."""
 
-    step(params, opt_state, geometry, hf, walkers, key) -> (params, opt_state, walkers, loss, pmove)
-    """
-    tx = optax.adam(learning_rate)
-    hf_batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
-    sweep = make_mcmc_sweep(hf_batched, mcmc_steps)
+    electrons: jnp.ndarray  # [n_walkers, n_el, 3], bohr
+    geometry: GeometryData
+    hf: HartreeFockOrbitals
 
-    def loss_fn(params, geometry, hf, electrons):
-        phi = jax.vmap(lambda r: model.apply(params, r, geometry, method=model.slater_matrices))(electrons)
-        target = jax.vmap(lambda r: hf_slater_matrix(hf, r, geometry.n_up))(electrons)
-        return jnp.mean((phi - target[:, None]) ** 2)
 
-    @jax.jit
-    def step(params, opt_state, geometry, hf, walkers, key):
-        walkers, pmove = sweep(hf, geometry, walkers, key)
-        loss, grads = jax.value_and_grad(loss_fn)(params, geometry, hf, walkers.electrons)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, walkers, loss, pmove
+def make_pretrain_loss(model) -> Callable:
+    """loss(params, batch) -> (mean |Phi^d - Phi_HF|^2, {}) over walkers, determinants, entries."""
 
-    return tx, step
+    def loss(params, batch: PretrainBatch):
+        geometry, hf = batch.geometry, batch.hf
+        phi = jax.vmap(lambda r: model.apply(params, r, geometry, method=model.slater_matrices))(
+            batch.electrons
+        )
+        target = jax.vmap(lambda r: hf_slater_matrix(hf, r, geometry.n_up))(batch.electrons)
+        return jnp.mean((phi - target[:, None]) ** 2), {}
+
+    return loss
+
+
+def make_pretrain_optimizer(model, learning_rate: float) -> OptaxOptimizer:
+    """Adam on the pre-training loss, with the same local/global split as VMC."""
+    return OptaxOptimizer(make_pretrain_loss(model), optax.adam(learning_rate), lambda t: learning_rate)
+
+
+def make_hf_sweep(mcmc_steps: int) -> Callable:
+    """Jitted sweep(hf, geometry, walkers, key) -> (walkers, pmove) sampling |psi_HF|^2."""
+    return jax.jit(make_mcmc_sweep(jax.vmap(hf_log_abs_psi, (None, 0, None)), mcmc_steps))

@@ -1,0 +1,326 @@
+"""The parallel layer: MPI ranks (control plane) and JAX devices of all ranks (data plane).
+
+Roles:
+    mpi4py   rank/size, broadcasts of decisions made on rank 0, gathers of log rows and
+             checkpoint state to rank 0, the per-step agreement on flags, abort.
+    JAX      one global mesh over every device of every rank, axis `AXIS`; the parameter
+             update (gradients and K-FAC statistics) is reduced in-graph over it.
+
+Each rank runs its own *local* programs (MCMC, local energies, gradients and curvature
+statistics of one geometry) on its local devices; these have no cross-rank collectives, so
+ranks may hold molecules of different sizes and compile different local programs. The
+*global* program (`make_global_update`) sees only parameter-shaped inputs, so it is the same
+program on every rank and its collectives match. Ranks meet in it once per step.
+
+Launch: `mpiexec -n N hpcwf run JOB.toml` or `srun hpcwf run JOB.toml`; without a launcher
+there is one rank and `jax.distributed` is not used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+AXIS = "kfac_axis"  # kfac-jax's default pmap axis name: the optimizer reduces over it
+LOCAL_AXIS = "walkers"  # a rank's local devices share its walkers along this axis
+
+
+def pmean_coalesced(tree):
+    """`lax.pmean(tree, AXIS)` as ONE all-reduce per floating dtype (inside the global
+    program): the leaves are concatenated into a buffer, averaged and split again. Per-leaf
+    collectives would cost one latency each (hundreds per K-FAC step); integer and boolean
+    leaves are left as they are (they must already agree across ranks)."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves = [jnp.asarray(x) for x in leaves]
+    groups: dict = {}
+    for i, x in enumerate(leaves):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            groups.setdefault(x.dtype, []).append(i)
+    out = list(leaves)
+    for indices in groups.values():
+        flat = jax.lax.pmean(jnp.concatenate([leaves[i].ravel() for i in indices]), AXIS)
+        offset = 0
+        for i in indices:
+            size = leaves[i].size
+            out[i] = flat[offset : offset + size].reshape(leaves[i].shape)
+            offset += size
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _visible_gpu_count() -> int:
+    """GPUs this process may see, without initializing a JAX backend."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()])
+
+
+def _gpu_backend_installed() -> bool:
+    import importlib.util
+
+    if os.environ.get("JAX_PLATFORMS", "").lower() in ("cpu",):
+        return False
+    return any(
+        importlib.util.find_spec(name) is not None
+        for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin")
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass
+class ParallelContext:
+    """Where this process stands: MPI rank/size, local rank, devices and meshes.
+
+    Attributes:
+        rank, size: MPI rank and number of ranks (1 without a launcher).
+        local_rank, local_size: rank and number of ranks on this node.
+        comm: mpi4py communicator, None for one rank.
+        exit_comm: duplicate of comm for the exit agreement (None for one rank).
+        local_mesh: this rank's devices, axis LOCAL_AXIS (walkers are split over it).
+        global_mesh: every device of every rank, axis AXIS.
+    """
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    comm: Any
+    local_mesh: Any
+    global_mesh: Any
+    exit_comm: Any = None  # a duplicate of comm, so the exit agreement never meets a pending collective
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def n_local_devices(self) -> int:
+        return self.local_mesh.devices.size
+
+    # ---- control plane (host objects) ----------------------------------------------------
+    def bcast(self, obj, root: int = 0):
+        return obj if self.comm is None else self.comm.bcast(obj, root=root)
+
+    def gather(self, obj) -> list | None:
+        """List of every rank's `obj` on rank 0, None elsewhere."""
+        if self.comm is None:
+            return [obj]
+        return self.comm.gather(obj, root=0)
+
+    def allgather(self, obj) -> list:
+        return [obj] if self.comm is None else self.comm.allgather(obj)
+
+    def any(self, flags: list[bool]) -> list[bool]:
+        """Element-wise OR over ranks (one small allreduce)."""
+        if self.comm is None:
+            return [bool(f) for f in flags]
+        import numpy as np
+        from mpi4py import MPI
+
+        local = np.asarray(flags, np.int32)
+        total = np.empty_like(local)
+        self.comm.Allreduce(local, total, op=MPI.MAX)
+        return [bool(f) for f in total]
+
+    def barrier(self) -> None:
+        if self.comm is not None:
+            self.comm.Barrier()
+
+    def root_decides(self, fn: Callable[[], Any]):
+        """Runs `fn` on rank 0 only and gives every rank its result, or raises on every rank
+        the InputError it raised (so all ranks fail alike, none waits in a collective)."""
+        from hpcwf.errors import InputError
+
+        outcome = None
+        if self.is_root:
+            try:
+                outcome = ("ok", fn())
+            except InputError as err:
+                outcome = ("error", err)
+        kind, value = self.bcast(outcome)
+        if kind == "error":
+            raise value
+        return value
+
+    def agree_to_stop(self, timeout: float = 60.0) -> bool:
+        """After a failure that every rank should meet (bad input, signal): True if all ranks
+        reached this point within `timeout` s, so each may exit normally with the same code."""
+        if self.comm is None:
+            return True
+        request = self.exit_comm.Ibarrier()
+        deadline = time.monotonic() + timeout
+        while not request.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def abort(self, code: int) -> None:
+        """Ends every rank of the job now (MPI_Abort); used when one rank fails alone."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.comm is not None:
+            self.comm.Abort(code)
+        os._exit(code)
+
+    # ---- data plane (device arrays) ------------------------------------------------------
+    def local_replicated(self, tree):
+        """Places a pytree on every local device (replicated)."""
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        return jax.device_put(tree, NamedSharding(self.local_mesh, PartitionSpec()))
+
+    def local_split(self, tree):
+        """Splits a pytree's leading (walker) axis over the local devices."""
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        return jax.device_put(tree, NamedSharding(self.local_mesh, PartitionSpec(LOCAL_AXIS)))
+
+    def _to_global(self, tree, stacked: bool):
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        spec = PartitionSpec(AXIS) if stacked else PartitionSpec()
+        sharding = NamedSharding(self.global_mesh, spec)
+        n_global = self.global_mesh.devices.size
+
+        def convert(x):
+            shards = [s.data for s in x.addressable_shards]
+            shape = (n_global * x.shape[0], *x.shape[1:]) if stacked else x.shape
+            return jax.make_array_from_single_device_arrays(shape, sharding, shards)
+
+        return jax.tree_util.tree_map(convert, tree)
+
+    def _to_local(self, tree):
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        sharding = NamedSharding(self.local_mesh, PartitionSpec())
+
+        def convert(x):
+            return jax.make_array_from_single_device_arrays(
+                x.shape, sharding, [s.data for s in x.addressable_shards]
+            )
+
+        return jax.tree_util.tree_map(convert, tree)
+
+    def make_global_update(self, apply: Callable) -> Callable:
+        """Wraps `apply(params, state, stats, step) -> (params, state, info)` into the global
+        program: `stats` are this rank's parameter-shaped statistics with a leading axis of
+        length 1 (as `local_statistics` returns them); inside `apply` that axis is gone and
+        `jax.lax.pmean(..., AXIS)` averages over every device of every rank. Inputs and
+        outputs are local arrays replicated over this rank's devices."""
+        import jax
+        import jax.numpy as jnp
+        from jax.sharding import PartitionSpec as P
+
+        def body(params, state, stats, step):
+            stats = jax.tree_util.tree_map(lambda x: x[0], stats)
+            return apply(params, state, stats, step)
+
+        program = jax.jit(
+            jax.shard_map(
+                body,
+                mesh=self.global_mesh,
+                in_specs=(P(), P(), P(AXIS), P()),
+                out_specs=P(),
+                check_vma=False,
+            )
+        )
+
+        def update(params, state, stats, step: int):
+            step = self.local_replicated(jnp.asarray(step, jnp.int32))
+            out = program(
+                self._to_global(params, False),
+                self._to_global(state, False),
+                self._to_global(stats, True),
+                self._to_global(step, False),
+            )
+            return self._to_local(out)
+
+        return update
+
+
+_CONTEXT: ParallelContext | None = None
+
+
+def init_parallel() -> ParallelContext:
+    """Sets up MPI and JAX for this process (once); later calls return the same context.
+
+    With more than one rank: rank 0 picks a coordinator address and broadcasts it, every rank
+    calls `jax.distributed.initialize`; on GPUs each rank takes its share of the node's
+    visible GPUs by local rank, on CPU the collectives go through gloo.
+    """
+    global _CONTEXT
+    if _CONTEXT is not None:
+        return _CONTEXT
+    comm, rank, size, local_rank, local_size = None, 0, 1, 0, 1
+    if _launched_by_mpi():
+        from mpi4py import MPI
+
+        world = MPI.COMM_WORLD
+        slurm_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+        if world.Get_size() == 1 and slurm_tasks > 1:
+            from hpcwf.errors import LaunchError
+
+            raise LaunchError(
+                f"srun started {slurm_tasks} tasks but MPI sees 1 rank in each (no PMI): "
+                "use `srun --mpi=pmi2` or `mpiexec`"
+            )
+        if world.Get_size() > 1:
+            comm = world
+            rank, size = world.Get_rank(), world.Get_size()
+            node = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+            local_rank, local_size = node.Get_rank(), node.Get_size()
+            node.Free()
+
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if size > 1:
+        address = None
+        if rank == 0:
+            host = os.environ.get("HPCWF_COORDINATOR_HOST") or socket.gethostname()
+            address = f"{host}:{_free_port()}"
+        address = comm.bcast(address, root=0)
+        kwargs = {}
+        n_gpus = _visible_gpu_count() if _gpu_backend_installed() else 0
+        if n_gpus > local_size:  # every rank sees the node's GPUs: take our share
+            per_rank = n_gpus // local_size
+            kwargs["local_device_ids"] = list(range(local_rank * per_rank, (local_rank + 1) * per_rank))
+        jax.distributed.initialize(address, num_processes=size, process_id=rank, **kwargs)
+
+    import numpy as np
+    from jax.sharding import Mesh
+
+    local_mesh = Mesh(np.array(jax.local_devices()), (LOCAL_AXIS,))
+    global_mesh = Mesh(np.array(jax.devices()), (AXIS,))
+    exit_comm = None if comm is None else comm.Dup()
+    _CONTEXT = ParallelContext(rank, size, local_rank, local_size, comm, local_mesh, global_mesh, exit_comm)
+    return _CONTEXT
+
+
+def _launched_by_mpi() -> bool:
+    """True under mpiexec/mpirun/srun (their environment variables), so that a plain `hpcwf
+    run` on a workstation never initializes MPI."""
+    markers = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
+    if any(m in os.environ for m in markers):
+        return True
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")) or 1) > 1 and (
+        "SLURM_STEP_ID" in os.environ
+    )
