@@ -14,6 +14,7 @@ checkpoint state and is the only writer.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -352,6 +353,14 @@ def _initial_params(cfg: JobConfig, model: Wavefunction, root, init_file: str | 
     return params
 
 
+def params_digest(params) -> str:
+    """sha256 of the parameter values (checkpoints compare it across ranks)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(params):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
+
+
 def place_walkers(ctx: ParallelContext, w: WalkerState) -> WalkerState:
     """Walkers split over this rank's devices along the walker axis; step size replicated."""
     return WalkerState(
@@ -511,11 +520,15 @@ class VMCTrainer:
             {s.index: jax.device_get(self.states[s.index]) for s in self.systems},
             {s.index: {k: v[j] for k, v in sched.items()} for j, s in enumerate(self.systems)},
         )
-        parts = self.ctx.gather(mine)
+        params = jax.device_get(params)
+        parts = self.ctx.gather((*mine, params_digest(params)))
         path = checkpoint_path(ckpt_dir, self.step)
         if self.ctx.is_root:
+            digests = [part[2] for part in parts]
+            if len(set(digests)) > 1:  # must never happen: the update is the same on all ranks
+                raise RuntimeError(f"parameters differ between ranks at step {self.step}: {digests}")
             states, per_geometry = {}, {}
-            for part_states, part_sched in parts:
+            for part_states, part_sched, _ in parts:
                 states.update(part_states)
                 per_geometry.update(part_sched)
             n = len(self.cfg.geometries)
@@ -526,13 +539,13 @@ class VMCTrainer:
             save_checkpoint(
                 path,
                 step=self.step,
-                params=jax.device_get(params),
+                params=params,
                 optimizer_state=jax.device_get(self.opt_state),
                 geometry_states=states,
                 scheduler_state=scheduler_state,
                 config_toml=tomli_w.dumps(config_to_dict(self.cfg)),
                 geometries=[m.to_dict() for m in self.cfg.geometries],
-                metadata=params_metadata(self.cfg),
+                metadata={**params_metadata(self.cfg), "n_ranks": self.ctx.size, "params_sha256": digests[0]},
             )
             apply_retention(ckpt_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
         self.ctx.barrier()  # the file is on disk before any rank goes on (or exits on a signal)
@@ -643,9 +656,7 @@ class VMCTrainer:
                 for r in rows:
                     if r["n_nonfinite"]:
                         name = cfg.geometries[r["geometry"]].name
-                        self.log(
-                            f"step {t}: {r['n_nonfinite']} non-finite E_L on {name}; update skipped"
-                        )
+                        self.log(f"step {t}: {r['n_nonfinite']} non-finite E_L on {name}; update skipped")
                     energy_log.append(**r)
             window.append(step_time)
             if self.step % cfg.output.print_every == 0 or self.step == o.steps:

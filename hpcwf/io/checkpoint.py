@@ -532,8 +532,8 @@ def load_checkpoint(path: str | Path, templates: dict) -> Checkpoint:
             stored key paths (as `load_params` returns).
         "optimizer" (optional): optimizer state template; None or absent -> not read
             (optimizer_state None). A template for a file without /optimizer is an error.
-        "geometry_state" (optional): callable `index -> template` or dict {index: template};
-            None or absent -> geometry_states is {}.
+        "geometry_state" (optional): callable `index -> template` (None: skip that geometry)
+            or dict {index: template}; None or absent -> geometry_states is {}.
     Raises CheckpointError (file named) on any mismatch.
     """
     path = Path(path)
@@ -557,7 +557,8 @@ def load_checkpoint(path: str | Path, templates: dict) -> Checkpoint:
                 for name in sorted(f["geometry_states"], key=int):
                     index = int(name)
                     template = _geometry_template(source, index, path)
-                    geometry_states[index] = read_pytree(f["geometry_states"][name], template)
+                    if template is not None:  # None: not wanted here (another rank's geometry)
+                        geometry_states[index] = read_pytree(f["geometry_states"][name], template)
             scheduler_state = {name: np.asarray(ds[()]) for name, ds in f["scheduler"].items()}
             attrs = f.attrs
             metadata = {k: _attr_value(attrs[k]) for k in json.loads(attrs["metadata_keys"])}

@@ -1,0 +1,272 @@
+"""MPI: `mpiexec -n 2` runs of real jobs (the mpich wheel's mpiexec), and the sharding rules.
+
+One 2-rank run (H2 on one rank, LiH on the other: different n_up, n_dn, n_atoms in lock-step)
+is shared by the tests; each test that resumes or extends it works on a copy of its run dir.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from hpcwf.io.checkpoint import load_params
+from hpcwf.parallel.sharding import geometry_cost, shard_geometries
+
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
+needs_mpi = pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec next to {sys.executable}")
+HERE = Path(__file__).resolve().parent
+
+JOB = """
+seed = 3
+[[geometry]]
+name = "H2"
+atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]]
+[[geometry]]
+name = "LiH"
+atoms = [["Li", 0.0, 0.0, 0.0], ["H", 3.015, 0.0, 0.0]]
+[model]
+size = "S"
+n_determinants = 2
+[pretraining]
+steps = 2
+[optimization]
+steps = {steps}
+batch_size = 32
+damping = 1e-3
+damping_initial = 1e-3
+learning_rate = 0.05
+[mcmc]
+steps_per_update = 2
+burn_in_steps = 10
+[evaluation]
+steps = {eval_steps}
+burn_in_steps = 10
+[output]
+dir = "{dir}"
+print_every = 2
+[checkpoint]
+every_steps = 4
+keep_last = 10
+"""
+
+
+def _job(path: Path, run_dir: Path, steps: int, eval_steps: int = 0) -> Path:
+    path.write_text(JOB.format(dir=run_dir, steps=steps, eval_steps=eval_steps))
+    return path
+
+
+def _cmd(n_ranks: int, job: Path) -> list[str]:
+    hpcwf = [sys.executable, "-m", "hpcwf", "run", str(job)]
+    return hpcwf if n_ranks == 1 else [str(MPIEXEC), "-n", str(n_ranks), *hpcwf]
+
+
+def _run(n_ranks: int, job: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(n_ranks, job), capture_output=True, text=True, timeout=timeout)
+
+
+def _train(run: Path) -> dict[str, np.ndarray]:
+    with h5py.File(run / "energies.h5", "r") as f:
+        return {k: f["train"][k][:] for k in ("step", "geometry", "energy", "variance")}
+
+
+def _rows_by_step(train) -> dict[int, list[int]]:
+    rows: dict[int, list[int]] = {}
+    for step, geometry in zip(train["step"], train["geometry"], strict=True):
+        rows.setdefault(int(step), []).append(int(geometry))
+    return rows
+
+
+def _newest_checkpoint(run: Path) -> Path:
+    return sorted((run / "checkpoints").glob("ckpt_*.h5"))[-1]
+
+
+def _start(n_ranks: int, job: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        _cmd(n_ranks, job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _wait_for_line(proc: subprocess.Popen, prefix: str) -> str:
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no line starting with {prefix!r}; stderr: {proc.stderr.read()[-2000:]}")
+
+
+def _rank_pids(job: Path) -> list[int]:
+    """PIDs of the python processes (the ranks) running `job`, not mpiexec or its proxies."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].decode(errors="ignore") == sys.executable and str(job).encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+# ---- sharding ----------------------------------------------------------------------------------
+
+
+def test_shards_are_deterministic_balanced_and_cover_the_dataset():
+    n_electrons = [2, 4, 10, 10, 2, 6, 4, 18, 2]
+    costs = [geometry_cost(n) for n in n_electrons]
+    shards = shard_geometries(costs, 3)
+    assert shards == shard_geometries(costs, 3)
+    assert sorted(i for s in shards for i in s) == list(range(len(costs)))
+    assert [len(s) for s in shards] == [3, 3, 3]
+    loads = [sum(costs[i] for i in s) for s in shards]
+    # Snake dealing puts the largest and the smallest together: no rank gets two of the top 3.
+    top3 = sorted(range(len(costs)), key=lambda i: -costs[i])[:3]
+    assert all(len(set(top3) & set(s)) == 1 for s in shards)
+    assert max(loads) - min(loads) <= max(costs)
+    assert shard_geometries(costs, 1) == [list(range(len(costs)))]
+    with pytest.raises(ValueError, match="cannot be shared"):
+        shard_geometries(costs[:2], 3)
+
+
+# ---- the update itself ---------------------------------------------------------------------------
+
+
+@needs_mpi
+def test_distributed_kfac_equals_kfac_jax_multi_device_step(tmp_path):
+    """2 ranks x half a batch through hpcwf's local/global split == kfac-jax's own pmap step
+    with the same halves on 2 devices of one process."""
+    script = HERE / "mpi_kfac_check.py"
+    dist, ref = tmp_path / "distributed.npz", tmp_path / "reference.npz"
+    proc = subprocess.run(
+        [str(MPIEXEC), "-n", "2", sys.executable, str(script), "distributed", str(dist)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run(
+        [sys.executable, str(script), "reference", str(ref)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d, r = np.load(dist), np.load(ref)
+    np.testing.assert_array_equal(d["initial"], r["initial"])
+    change = np.max(np.abs(r["final"] - r["initial"]))
+    assert change > 1e-2  # the updates did move the parameters
+    # Rounding-level agreement; averaging wrongly (sum, one rank only, no factors) is O(change).
+    assert np.max(np.abs(d["final"] - r["final"])) < 2e-3 * change
+
+
+# ---- whole jobs ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mpi_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mpi")
+    job = _job(tmp / "job.toml", tmp / "run", steps=8, eval_steps=4)
+    proc = _run(2, job)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run", proc
+
+
+@needs_mpi
+def test_two_ranks_train_different_molecules_in_lock_step(mpi_run):
+    run, proc = mpi_run
+    assert "rank   0: LiH" in proc.stdout and "rank   1: H2" in proc.stdout
+    assert "computed on rank 0" in proc.stdout and "computed on rank 1" in proc.stdout  # parallel HF
+    rows = _rows_by_step(_train(run))
+    assert sorted(rows) == list(range(8))
+    assert all(sorted(g) == [0, 1] for g in rows.values())  # both molecules in every step
+    with h5py.File(run / "energies.h5", "r") as f:
+        ev = f["evaluation"]["energy"][:]
+    assert np.all(np.isfinite(ev)) and ev[1] < ev[0] < -0.5  # LiH below H2, both bound
+    for path in (run / "checkpoints").glob("ckpt_*.h5"):
+        with h5py.File(path, "r") as f:
+            assert int(f.attrs["n_ranks"]) == 2
+            # Written only after rank 0 compared the parameter digests of both ranks.
+            assert len(str(f.attrs["params_sha256"])) == 64
+    assert proc.stderr.count("Traceback") == 0
+
+
+@needs_mpi
+def test_mpi_resume_is_exact_and_skips_a_corrupt_checkpoint(mpi_run, tmp_path):
+    """Resuming at step 4 on 2 ranks redoes steps 4..7 bitwise as the straight run did."""
+    run, _ = mpi_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    newest = copy / "checkpoints" / "ckpt_000000008.h5"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
+    newest.write_bytes(bytes(data))
+    job = _job(tmp_path / "job.toml", copy, steps=8)
+    proc = _run(2, job)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ckpt_000000008.h5" in proc.stdout and "using previous checkpoint" in proc.stdout
+    assert "at step 4" in proc.stdout
+    straight, resumed = _train(run), _train(copy)
+    for key in straight:
+        np.testing.assert_array_equal(straight[key], resumed[key])
+    a, _ = load_params(run / "checkpoints" / "params.h5")
+    b, _ = load_params(copy / "checkpoints" / "params.h5")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@needs_mpi
+def test_elastic_resume_2_to_1_to_2_ranks_and_sigterm(mpi_run, tmp_path):
+    run, _ = mpi_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    job = tmp_path / "job.toml"
+    # 2 -> 1: the checkpoint of two ranks continues on one.
+    proc = _run(1, _job(job, copy, steps=12))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at step 8" in proc.stdout
+    # 1 -> 2, stopped by SIGTERM (as SLURM does before the time limit) ...
+    _job(job, copy, steps=100000)
+    running = _start(2, job)
+    _wait_for_line(running, "step      14/")
+    running.send_signal(signal.SIGTERM)  # mpiexec forwards it to both ranks
+    out, err = running.communicate(timeout=120)
+    assert running.returncode == 75, err[-3000:]
+    assert "interrupted: stopped by SIGTERM" in err
+    stopped_at = int(_newest_checkpoint(copy).stem.split("_")[1])
+    assert stopped_at >= 14
+    # ... and resumed to completion.
+    proc = _run(2, _job(job, copy, steps=stopped_at + 2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows_by_step(_train(copy))
+    assert sorted(rows) == list(range(stopped_at + 2))  # no step missing, none twice
+    for step, geometries in rows.items():
+        expected = 1 if 8 <= step < 12 else 2  # rows per step = ranks that ran it
+        assert len(geometries) == expected and len(set(geometries)) == expected, (step, geometries)
+
+
+@needs_mpi
+def test_a_killed_rank_ends_the_job(mpi_run, tmp_path):
+    run, _ = mpi_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    job = _job(tmp_path / "job.toml", copy, steps=100000)
+    running = _start(2, job)
+    _wait_for_line(running, "step      10/")
+    pids = _rank_pids(job)
+    assert len(pids) == 2, pids
+    os.kill(pids[-1], signal.SIGKILL)
+    t0 = time.monotonic()
+    running.communicate(timeout=120)  # must not hang in the collective the dead rank left
+    assert running.returncode != 0
+    assert time.monotonic() - t0 < 60
