@@ -116,7 +116,9 @@ def run(n_ranks: int, args, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ranks", type=int, default=2, help="ranks of the scaled run (default 2)")
     parser.add_argument("--per-rank", type=int, default=2, help="geometries per rank (default 2)")
     parser.add_argument("--steps", type=int, default=120, help="optimization steps (default 120)")

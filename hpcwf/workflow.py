@@ -36,6 +36,7 @@ from hpcwf.io.checkpoint import (
     latest_valid_checkpoint,
     load_checkpoint,
     load_params,
+    resolve_init_checkpoint,
     save_checkpoint,
     save_params,
     verify_checkpoint,
@@ -266,7 +267,10 @@ def run_job(
 
     model = make_model(cfg)
     root = jax.random.PRNGKey(cfg.seed)
-    init_file = cfg.init.checkpoint or None
+    # A run dir names its newest valid checkpoint, chosen once, by rank 0, for every rank.
+    init_file = ctx.root_decides(
+        lambda: str(resolve_init_checkpoint(cfg.init.checkpoint, log)) if cfg.init.checkpoint else None
+    )
     # Parameters (and an [init] checkpoint's fit to this model) are settled on rank 0 before
     # anything is written, then broadcast, so every rank starts from the same numbers.
     params = ctx.root_decides(

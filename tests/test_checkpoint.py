@@ -21,6 +21,7 @@ from hpcwf.io.checkpoint import (
     load_params,
     read_checkpoint_summary,
     read_pytree,
+    resolve_init_checkpoint,
     save_checkpoint,
     save_params,
     verify_checkpoint,
@@ -261,6 +262,22 @@ def test_directory_latest_valid_and_retention(tmp_path):
     apply_retention(tmp_path, keep_last=0, keep_every=0)  # the newest always stays
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_000000060.h5"]
     assert (tmp_path / ".ckpt_000000070.h5.tmp123").exists()
+
+
+def test_init_checkpoint_names_a_file_or_a_run_dir(tmp_path):
+    ckpts = tmp_path / "run" / "checkpoints"
+    for step in (10, 20):
+        _save(checkpoint_path(ckpts, step), step, geometry_states={})
+    newest = checkpoint_path(ckpts, 20)
+    older = checkpoint_path(ckpts, 10)
+    assert resolve_init_checkpoint(older) == older
+    assert resolve_init_checkpoint(tmp_path / "run") == newest
+    assert resolve_init_checkpoint(ckpts) == newest
+    newest.write_bytes(newest.read_bytes()[:1000])  # corrupt: the previous one is taken
+    assert resolve_init_checkpoint(tmp_path / "run", log=lambda _: None) == older
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+        resolve_init_checkpoint(tmp_path / "empty")
 
 
 def test_metadata_cannot_shadow_reserved_attrs(tmp_path):

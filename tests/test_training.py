@@ -170,13 +170,15 @@ print_every = 1
 
 
 def test_evaluate_from_checkpoint_zero_shot(h2_run, tmp_path):
-    """[init] mode = "evaluate" loads the parameters and only evaluates (on another geometry)."""
+    """[init] mode = "evaluate" loads the parameters and only evaluates (on another geometry);
+    naming the run dir picks its newest valid checkpoint."""
     run, _ = h2_run
     job = tmp_path / "zs.toml"
-    ckpt = run / "checkpoints" / "params.h5"
-    _write_h2_job(job, tmp_path / "zs", f'[init]\ncheckpoint = "{ckpt}"\nmode = "evaluate"\n')
+    _write_h2_job(job, tmp_path / "zs", f'[init]\ncheckpoint = "{run}"\nmode = "evaluate"\n')
     proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    newest = sorted((run / "checkpoints").glob("ckpt_*.h5"))[-1]
+    assert f"init: parameters from {newest} " in proc.stdout
     with h5py.File(tmp_path / "zs" / "energies.h5", "r") as f:
         assert f["train/step"].shape == (0,)
         assert np.isfinite(f["evaluation/energy"][0])

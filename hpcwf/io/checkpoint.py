@@ -684,6 +684,20 @@ def latest_valid_checkpoint(directory: str | Path, log: Callable[[str], Any] = p
     return None
 
 
+def resolve_init_checkpoint(path: str | Path, log: Callable[[str], Any] = print) -> Path:
+    """The checkpoint an `[init] checkpoint` entry names: a file as it is, or for a run
+    directory (or its `checkpoints/` directory) the newest valid checkpoint in it.
+    Raises CheckpointError when a directory holds none."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = latest_valid_checkpoint(directory, log)
+    if found is None:
+        raise CheckpointError(f"{path}: no valid checkpoint in {directory}")
+    return found
+
+
 def apply_retention(directory: str | Path, keep_last: int, keep_every: int) -> list[Path]:
     """Deletes checkpoints in `directory` except the newest `keep_last` (at least 1: the newest
     is never deleted) and, when keep_every > 0, those whose step is a multiple of keep_every.

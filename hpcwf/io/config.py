@@ -464,8 +464,8 @@ def load_job(path: str | os.PathLike) -> JobConfig:
         first_seen[mol.name] = gkey
 
     init = parsed["init"]
-    if init.checkpoint and not Path(init.checkpoint).is_file():
-        raise ConfigError(file, "init.checkpoint", f"checkpoint file not found: {init.checkpoint}")
+    if init.checkpoint and not Path(init.checkpoint).exists():
+        raise ConfigError(file, "init.checkpoint", f"checkpoint not found: {init.checkpoint}")
     if init.mode == "evaluate" and not init.checkpoint:
         raise ConfigError(file, "init.checkpoint", "init.mode = 'evaluate' needs a checkpoint")
 
