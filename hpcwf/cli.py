@@ -1,4 +1,5 @@
-"""Command line: `hpcwf run JOB.toml`, `hpcwf analyze RUN_DIR [--json]`, `hpcwf inspect CKPT.h5`.
+"""Command line: `hpcwf run JOB.toml`, `hpcwf groups JOB.toml`, `hpcwf analyze RUN_DIR [--json]`,
+`hpcwf inspect CKPT.h5`.
 
 Bad input prints one line `error: <file>: <key>: <what is wrong>` and exits with code 2.
 Under MPI (`mpiexec -n N hpcwf run ...`) only rank 0 prints; a failure that every rank meets
@@ -32,9 +33,11 @@ def _run(args) -> int:
     import dataclasses
 
     from hpcwf.analysis.report import format_table, geometry_results
-    from hpcwf.io.config import load_job
+    from hpcwf.io.config import load_job, select_group
 
     cfg = load_job(args.job)
+    if args.group_index is not None:
+        cfg = select_group(cfg, args.group_index)
     if args.output_dir:
         cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir))
     from hpcwf.workflow import run_job  # jax is imported only now, after the input is valid
@@ -42,6 +45,16 @@ def _run(args) -> int:
     out = run_job(cfg, restart=args.restart)
     if _rank() == 0:
         print(format_table(geometry_results(out)))
+    return 0
+
+
+def _groups(args) -> int:
+    from hpcwf.io.config import geometry_groups, load_job
+
+    cfg = load_job(args.job)
+    for i, group in enumerate(geometry_groups(cfg)):
+        n = sum(m.group_name == group for m in cfg.geometries)
+        print(f"{i:>4}  {group}  ({n} geometries)")
     return 0
 
 
@@ -77,7 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument(
         "--restart", metavar="CKPT", help="resume from this checkpoint (default: newest valid)"
     )
+    p_run.add_argument(
+        "--group-index",
+        type=int,
+        metavar="K",
+        help="run only the K-th geometry group (see `hpcwf groups`), into <output dir>/<group>",
+    )
     p_run.set_defaults(func=_run)
+    p_gr = sub.add_parser("groups", help="list a job's geometry groups (tasks of a job array)")
+    p_gr.add_argument("job", help="job TOML file")
+    p_gr.set_defaults(func=_groups)
     p_an = sub.add_parser("analyze", help="per-geometry results of a run directory")
     p_an.add_argument("run_dir")
     p_an.add_argument("--json", action="store_true", help="machine-readable output")

@@ -292,11 +292,7 @@ def run_job(
     )
     energy_log = None
     if ctx.is_root:
-        energy_log = EnergyLog(
-            out / "energies.h5",
-            [m.name for m in cfg.geometries],
-            [m.reference_energy for m in cfg.geometries],
-        )
+        energy_log = EnergyLog(out / "energies.h5", cfg.geometries)
     stop = StopFlag().install()
     trainer = VMCTrainer(cfg, model, systems, root, log, finetune=bool(init_file), stop=stop, ctx=ctx)
 

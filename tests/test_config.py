@@ -417,3 +417,34 @@ def test_load_writes_nothing(tmp_path, monkeypatch):
     before = listing()
     load_job(job)
     assert listing() == before
+
+
+# ------------------------------------------------------------------------- groups and scans
+
+
+def test_groups_select_one_task_of_an_array(tmp_path):
+    def table(name, group, x):
+        group_line = f'group = "{group}"\n' if group else ""
+        return (
+            f'[[geometry]]\nname = "{name}"\n{group_line}scan_coordinate = {x}\n'
+            f'atoms = [["H", 0.0, 0.0, 0.0], ["H", {x}, 0.0, 0.0]]\n'
+        )
+
+    text = table("a1", "A", 1.4) + table("b1", "B", 1.5) + table("a2", "A", 1.6) + table("c", "", 1.7)
+    cfg = load_text(tmp_path, text + '[output]\ndir = "runs/scan"\n')
+    assert config_module.geometry_groups(cfg) == ["A", "B", "c"]
+    task = config_module.select_group(cfg, 0)
+    assert [m.name for m in task.geometries] == ["a1", "a2"]
+    assert [m.scan_coordinate for m in task.geometries] == [1.4, 1.6]
+    assert task.output.dir == str(Path("runs/scan") / "A")
+    assert config_module.select_group(cfg, 2).geometries[0].name == "c"
+    with pytest.raises(ConfigError, match="--group-index: 3 is out of range: the job has 3 groups"):
+        config_module.select_group(cfg, 3)
+    # group and scan_coordinate survive the resolved config
+    write_resolved_config(task, tmp_path / "resolved.toml")
+    assert load_job(tmp_path / "resolved.toml") == task
+
+
+def test_bad_scan_coordinate_names_the_key(tmp_path):
+    err = error_of(tmp_path, LIH + 'scan_coordinate = "far"\n')
+    assert err.key == "geometry[0].scan_coordinate"

@@ -258,7 +258,7 @@ def _section_fields() -> dict[str, type]:
 
 # Top-level keys that are not sections. `geometry` is the TOML name of JobConfig.geometries.
 _TOP_SCALARS = ("seed", "dataset", "geometry")
-_GEOMETRY_KEYS = ("name", "atoms", "charge", "spin", "units", "reference_energy")
+_GEOMETRY_KEYS = ("name", "atoms", "charge", "spin", "units", "reference_energy", "group", "scan_coordinate")
 _DATASET_PREFIX = "dataset:"
 
 
@@ -391,6 +391,8 @@ def _parse_geometries(
                 spin=table.get("spin"),
                 units=table.get("units", "bohr"),
                 reference_energy=table.get("reference_energy"),
+                group=table.get("group", ""),
+                scan_coordinate=table.get("scan_coordinate"),
             )
         except MoleculeError as err:
             raise ConfigError(file, f"{gkey}.{err.key}", err.message) from None
@@ -412,6 +414,29 @@ def _parse_geometries(
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
+
+
+def geometry_groups(cfg: JobConfig) -> list[str]:
+    """Group names of the job's geometries (`Molecule.group_name`), in order of first appearance."""
+    return list(dict.fromkeys(m.group_name for m in cfg.geometries))
+
+
+def select_group(cfg: JobConfig, index: int) -> JobConfig:
+    """The job restricted to its `index`-th group (see `geometry_groups`), written to
+    `<output.dir>/<group>`: one task of a job array. ConfigError when out of range."""
+    groups = geometry_groups(cfg)
+    if not 0 <= index < len(groups):
+        raise ConfigError(
+            cfg.job_file,
+            "--group-index",
+            f"{index} is out of range: the job has {len(groups)} groups (0..{len(groups) - 1})",
+        )
+    group = groups[index]
+    return dataclasses.replace(
+        cfg,
+        geometries=tuple(m for m in cfg.geometries if m.group_name == group),
+        output=dataclasses.replace(cfg.output, dir=str(Path(cfg.output.dir) / group)),
+    )
 
 
 def load_job(path: str | os.PathLike) -> JobConfig:

@@ -2,7 +2,9 @@
 
 Layout:
     /            attrs: format ("hpcwf-energies"), version
-    /geometries  names (utf-8 strings) [n_geometries], reference_energy [n_geometries] (NaN = unknown)
+    /geometries  per geometry [n_geometries]: names (utf-8), reference_energy (Ha, NaN = unknown),
+                 group (utf-8; the geometry's own name when it has no group),
+                 scan_coordinate (NaN = not part of a scan)
     /train       equal-length 1-D datasets, one row per (step, geometry): step, geometry, energy,
                  variance, clipped_energy, pmove, step_size, learning_rate, damping, grad_norm,
                  time (s since the start of optimization), step_time (s), sync_time (s spent
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+from hpcwf.systems.molecule import Molecule
 
 TRAIN_FIELDS: dict[str, type] = {
     "step": np.int64,
@@ -45,21 +49,29 @@ class EnergyLog:
     """Appends training rows and stores evaluation results. Rows are buffered in memory and
     written by `flush()` (call it at least at every checkpoint)."""
 
-    def __init__(self, path: str | Path, names: Sequence[str], references: Sequence[float | None]):
+    def __init__(self, path: str | Path, geometries: Sequence[Molecule]):
         self.path = Path(path)
         self._buffer: list[dict] = []
         with h5py.File(self.path, "a") as f:
             f.attrs["format"] = "hpcwf-energies"
             f.attrs["version"] = 1
             g = f.require_group("geometries")
-            for key in ("names", "reference_energy"):
+
+            def nan_if_none(x):
+                return np.nan if x is None else x
+
+            columns = {
+                "names": np.array([m.name for m in geometries], dtype=h5py.string_dtype()),
+                "reference_energy": np.array(
+                    [nan_if_none(m.reference_energy) for m in geometries], np.float64
+                ),
+                "group": np.array([m.group_name for m in geometries], dtype=h5py.string_dtype()),
+                "scan_coordinate": np.array([nan_if_none(m.scan_coordinate) for m in geometries], np.float64),
+            }
+            for key, data in columns.items():
                 if key in g:
                     del g[key]
-            g.create_dataset("names", data=np.array(list(names), dtype=h5py.string_dtype()))
-            g.create_dataset(
-                "reference_energy",
-                data=np.array([np.nan if r is None else r for r in references], np.float64),
-            )
+                g.create_dataset(key, data=data)
             train = f.require_group("train")
             for name, dtype in TRAIN_FIELDS.items():
                 if name not in train:

@@ -49,6 +49,10 @@ class Molecule:
         charge: total charge (e).
         spin: n_up - n_dn.
         reference_energy: best known total energy in Hartree, or None.
+        group: the compound or set this geometry belongs to (fine-tuning job arrays run one
+            group per task); "" means the geometry is a group of its own.
+        scan_coordinate: position along a scan (a bond length, an angle, ...) for plots; None
+            when the geometry is not part of a scan.
     """
 
     name: str
@@ -57,6 +61,8 @@ class Molecule:
     charge: int = 0
     spin: int = 0
     reference_energy: float | None = None
+    group: str = ""
+    scan_coordinate: float | None = None
 
     @classmethod
     def create(
@@ -67,6 +73,8 @@ class Molecule:
         spin: int | None = None,
         units: str = "bohr",
         reference_energy: float | None = None,
+        group: str = "",
+        scan_coordinate: float | None = None,
     ) -> Molecule:
         """Validates and builds a molecule from `[[symbol, x, y, z], ...]`.
 
@@ -125,6 +133,14 @@ class Molecule:
             isinstance(reference_energy, bool) or not isinstance(reference_energy, (int, float))
         ):
             raise MoleculeError("reference_energy", "must be a number (Hartree)")
+        if not isinstance(group, str):
+            raise MoleculeError("group", f"must be a string, got {group!r}")
+        if scan_coordinate is not None and (
+            isinstance(scan_coordinate, bool)
+            or not isinstance(scan_coordinate, (int, float))
+            or not np.isfinite(scan_coordinate)
+        ):
+            raise MoleculeError("scan_coordinate", f"must be a finite number, got {scan_coordinate!r}")
         return cls(
             name=str(name),
             symbols=tuple(symbols),
@@ -132,6 +148,8 @@ class Molecule:
             charge=charge,
             spin=spin,
             reference_energy=None if reference_energy is None else float(reference_energy),
+            group=group,
+            scan_coordinate=None if scan_coordinate is None else float(scan_coordinate),
         )
 
     @property
@@ -179,4 +197,13 @@ class Molecule:
         }
         if self.reference_energy is not None:
             out["reference_energy"] = self.reference_energy
+        if self.group:
+            out["group"] = self.group
+        if self.scan_coordinate is not None:
+            out["scan_coordinate"] = self.scan_coordinate
         return out
+
+    @property
+    def group_name(self) -> str:
+        """The group this geometry belongs to: `group`, or its own name when none is set."""
+        return self.group or self.name
