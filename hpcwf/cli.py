@@ -1,5 +1,9 @@
-"""Command line: `hpcwf run JOB.toml`, `hpcwf groups JOB.toml`, `hpcwf analyze RUN_DIR [--json]`,
+"""Command line: `hpcwf run JOB.toml`, `hpcwf check JOB.toml`, `hpcwf groups JOB.toml`,
+`hpcwf analyze RUN_DIR [--json|--csv]`, `hpcwf plot RUN_DIR`, `hpcwf compare RUN_DIR... [--json|--csv]`,
 `hpcwf inspect CKPT.h5`.
+
+analyze, plot and compare read only `<run_dir>/energies.h5` (h5py, numpy, matplotlib; no jax,
+no mpi4py), so they run on login nodes, also on a run that is still training (docs/analysis.md).
 
 Bad input prints one line `error: <file>: <key>: <what is wrong>` and exits with code 2.
 Under MPI (`mpiexec -n N hpcwf run ...`) only rank 0 prints; a failure that every rank meets
@@ -48,6 +52,24 @@ def _run(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    from hpcwf.io.config import geometry_groups, load_job, select_group
+
+    cfg = load_job(args.job)
+    if args.group_index is not None:
+        cfg = select_group(cfg, args.group_index)
+    if args.run_dir:
+        print(cfg.output.dir)
+        return 0
+    o = cfg.optimization
+    print(
+        f"ok: {args.job}: {len(cfg.geometries)} geometries in {len(geometry_groups(cfg))} groups, "
+        f"model {cfg.model.size}/{cfg.model.orbitals}, {o.steps} steps x {o.batch_size} walkers, "
+        f"run dir {cfg.output.dir}"
+    )
+    return 0
+
+
 def _groups(args) -> int:
     from hpcwf.io.config import geometry_groups, load_job
 
@@ -59,11 +81,40 @@ def _groups(args) -> int:
 
 
 def _analyze(args) -> int:
-    from hpcwf.analysis.report import format_table, geometry_results, to_json
+    from hpcwf.analysis.report import format_table, geometry_results, to_csv, to_json
 
     rows = geometry_results(args.run_dir)
-    print(to_json(rows) if args.json else format_table(rows))
+    if args.csv:
+        sys.stdout.write(to_csv(rows))
+    else:
+        print(to_json(rows) if args.json else format_table(rows))
     return 0
+
+
+def _plot(args) -> int:
+    from hpcwf.analysis.plots import plot_run
+
+    for path in plot_run(args.run_dir, log=print):
+        print(path)
+    return 0
+
+
+def _compare(args) -> int:
+    from hpcwf.analysis.compare import compare_runs, format_table, to_csv, to_json
+
+    comparison = compare_runs(args.run_dirs)
+    if args.csv:
+        sys.stdout.write(to_csv(comparison))
+    else:
+        print(to_json(comparison) if args.json else format_table(comparison))
+    return 0
+
+
+def _add_format_options(parser: argparse.ArgumentParser) -> None:
+    """--json | --csv (default: a text table)."""
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    fmt.add_argument("--csv", action="store_true", help="CSV output (header line, one line per geometry)")
 
 
 def _inspect(args) -> int:
@@ -97,13 +148,27 @@ def main(argv: list[str] | None = None) -> int:
         help="run only the K-th geometry group (see `hpcwf groups`), into <output dir>/<group>",
     )
     p_run.set_defaults(func=_run)
+    p_ck = sub.add_parser("check", help="validate a job file (no jax, nothing written) and summarize it")
+    p_ck.add_argument("job", help="job TOML file")
+    p_ck.add_argument("--group-index", type=int, metavar="K", help="check the job of group K only")
+    p_ck.add_argument("--run-dir", action="store_true", help="print only the run directory")
+    p_ck.set_defaults(func=_check)
     p_gr = sub.add_parser("groups", help="list a job's geometry groups (tasks of a job array)")
     p_gr.add_argument("job", help="job TOML file")
     p_gr.set_defaults(func=_groups)
-    p_an = sub.add_parser("analyze", help="per-geometry results of a run directory")
+    p_an = sub.add_parser(
+        "analyze", help="per-geometry energies +- error vs reference of a run directory (also a live run)"
+    )
     p_an.add_argument("run_dir")
-    p_an.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_format_options(p_an)
     p_an.set_defaults(func=_analyze)
+    p_pl = sub.add_parser("plot", help="write PNG figures of a run into its run directory")
+    p_pl.add_argument("run_dir")
+    p_pl.set_defaults(func=_plot)
+    p_cm = sub.add_parser("compare", help="several runs side by side, geometries matched by name")
+    p_cm.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    _add_format_options(p_cm)
+    p_cm.set_defaults(func=_compare)
     p_in = sub.add_parser("inspect", help="summary of a checkpoint file, with checksum verification")
     p_in.add_argument("checkpoint")
     p_in.set_defaults(func=_inspect)

@@ -1,86 +1,183 @@
-"""Per-geometry results of a run directory, from `energies.h5` with h5py and numpy only
-(no jax, no mpi4py: runs on login nodes)."""
+"""Per-geometry results of a run directory (`hpcwf analyze`), from `energies.h5` with h5py and
+numpy only (no jax, no mpi4py: runs on login nodes, also on a run that is still training).
+
+Every geometry gives one row with these keys (JSON: null, CSV: empty cell where unknown);
+energies in Hartree (Ha):
+
+    name                  geometry name
+    group                 its group (the geometry's own name when it has none)
+    scan_coordinate       position along a scan (units of the job file), null if not a scan
+    source                where `energy` comes from: "evaluation" (the final evaluation run),
+                          "train" (no evaluation of this geometry yet: the mean of the last
+                          training steps, see below) or null (no data yet)
+    energy                E (Ha)
+    error                 its standard error (Ha): blocking analysis
+    reference             reference energy (Ha), null if unknown
+    error_mha             E - reference (mHa)
+    variance              variance of the local energy (Ha^2)
+    autocorrelation_time  statistical inefficiency tau of the averaged series: MCMC samples for
+                          "evaluation", training steps for "train"
+    n_samples             number of values averaged: evaluation samples, or training steps in
+                          the window for "train"
+    steps_trained         number of optimization steps that trained this geometry so far
+    pretrain_loss         mean HF pre-training loss (bohr^-3) over the last pre-training steps
+                          of this geometry, null without pre-training
+
+"train" (live runs): the per-step training energies (the mean over ranks where several ranks
+train the geometry in a step) of the geometry's last 20 % of steps, at least 1 and at most 200
+(`run_data.WINDOW_*`), averaged; the error is the blocking error of that window. It is a
+statistical error only: while the optimization still improves the wavefunction, the mean lies
+above the converged energy by more than that error.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from hpcwf.errors import InputError
+from hpcwf.analysis.run_data import RunData, RunDirError, read_run, window_length
+from hpcwf.analysis.statistics import blocking_analysis
+
+__all__ = [
+    "KEYS",
+    "RunDirError",
+    "format_table",
+    "format_value",
+    "geometry_results",
+    "results_from_data",
+    "to_csv",
+    "to_json",
+]
+
+KEYS: tuple[str, ...] = (
+    "name",
+    "group",
+    "scan_coordinate",
+    "source",
+    "energy",
+    "error",
+    "reference",
+    "error_mha",
+    "variance",
+    "autocorrelation_time",
+    "n_samples",
+    "steps_trained",
+    "pretrain_loss",
+)
+SOURCE_EVALUATION = "evaluation"
+SOURCE_TRAIN = "train"
 
 
-class RunDirError(InputError):
-    """The run directory cannot be analysed; str() names the file and the problem."""
-
-
-def _nan_to_none(x: float) -> float | None:
+def _finite_or_none(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
 def geometry_results(run_dir: str | Path) -> list[dict]:
-    """One dict per geometry: name, energy, error, reference, error_mha (E - reference, mHa),
-    variance, autocorrelation_time, n_samples, steps_trained. Energies in Hartree; values are
-    None when not available (no evaluation yet, no reference)."""
-    path = Path(run_dir) / "energies.h5"
-    if not path.exists():
-        raise RunDirError(f"{path}: not found (is {run_dir} an hpcwf run directory?)")
-    try:
-        with h5py.File(path, "r") as f:
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["geometries/names"][:]]
-            refs = f["geometries/reference_energy"][:]
-            geometry_index = f["train/geometry"][:] if "train" in f else np.zeros(0, int)
-            ev = {k: f["evaluation"][k][:] for k in f["evaluation"]} if "evaluation" in f else None
-    except (OSError, KeyError) as err:
-        raise RunDirError(f"{path}: unreadable ({err})") from err
-    out = []
-    for i, name in enumerate(names):
-        ref = _nan_to_none(refs[i])
-        row = {
-            "name": name,
-            "energy": None,
-            "error": None,
-            "reference": ref,
-            "error_mha": None,
-            "variance": None,
-            "autocorrelation_time": None,
-            "n_samples": 0,
-            "steps_trained": int(np.sum(geometry_index == i)),
-        }
-        if ev is not None:
+    """One dict per geometry with the keys `KEYS` (see the module docstring); energies in Ha,
+    error_mha in mHa. Raises RunDirError when the run directory cannot be read."""
+    return results_from_data(read_run(run_dir))
+
+
+def results_from_data(data: RunData) -> list[dict]:
+    """`geometry_results` of an already read run."""
+    rows = []
+    for i, name in enumerate(data.names):
+        steps, energies = data.series("train", "energy", i)
+        row: dict = dict.fromkeys(KEYS)
+        row.update(
+            name=name,
+            group=data.group[i],
+            scan_coordinate=_finite_or_none(data.scan_coordinate[i]),
+            reference=_finite_or_none(data.reference[i]),
+            n_samples=0,
+            steps_trained=int(steps.size),
+            pretrain_loss=_final_mean(data, "pretrain", "loss", i),
+        )
+        ev = data.evaluation
+        if ev is not None and math.isfinite(ev["energy"][i]):
             row.update(
-                energy=_nan_to_none(ev["energy"][i]),
-                error=_nan_to_none(ev["error"][i]),
-                variance=_nan_to_none(ev["variance"][i]),
-                autocorrelation_time=_nan_to_none(ev["autocorrelation_time"][i]),
+                source=SOURCE_EVALUATION,
+                energy=float(ev["energy"][i]),
+                error=_finite_or_none(ev["error"][i]),
+                variance=_finite_or_none(ev["variance"][i]),
+                autocorrelation_time=_finite_or_none(ev["autocorrelation_time"][i]),
                 n_samples=int(ev["n_samples"][i]),
             )
-        if row["energy"] is not None and ref is not None:
-            row["error_mha"] = 1000.0 * (row["energy"] - ref)
-        out.append(row)
-    return out
+        elif np.any(np.isfinite(energies)):
+            window = slice(steps.size - window_length(steps.size), None)
+            stats = blocking_analysis(energies[window])
+            row.update(
+                source=SOURCE_TRAIN,
+                energy=_finite_or_none(stats.mean),
+                error=_finite_or_none(stats.error),
+                variance=_final_mean(data, "train", "variance", i),
+                autocorrelation_time=_finite_or_none(stats.autocorrelation_time),
+                n_samples=stats.n_samples,
+            )
+        if row["energy"] is not None and row["reference"] is not None:
+            row["error_mha"] = 1000.0 * (row["energy"] - row["reference"])
+        rows.append(row)
+    return rows
+
+
+def _final_mean(data: RunData, table: str, field: str, geometry: int) -> float | None:
+    """Mean of the per-step `field` over the geometry's final window of steps in `table`."""
+    _, values = data.series(table, field, geometry)
+    values = values[values.size - window_length(values.size) :]
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+def format_value(x: float | None, spec: str) -> str:
+    """`x` formatted with `spec`, or "-" when unknown."""
+    return "-" if x is None else format(x, spec)
 
 
 def format_table(rows: list[dict]) -> str:
-    def fmt(x, spec):
-        return "-" if x is None else format(x, spec)
-
+    """Fixed-width text table of `geometry_results` rows, with a note when some energies come
+    from training (no evaluation yet)."""
+    width = max([20, *(len(r["name"]) for r in rows)])
     lines = [
-        f"{'geometry':<20} {'E (Ha)':>14} {'+-':>10} {'reference':>13} {'E-ref (mHa)':>12} "
-        f"{'variance':>10} {'tau':>6} {'steps':>7}"
+        f"{'geometry':<{width}} {'E (Ha)':>14} {'+-':>10} {'reference':>13} {'E-ref (mHa)':>12} "
+        f"{'variance':>10} {'tau':>6} {'steps':>7}  source"
     ]
     for r in rows:
+        cells = [
+            f"{r['name']:<{width}}",
+            f"{format_value(r['energy'], '.6f'):>14}",
+            f"{format_value(r['error'], '.6f'):>10}",
+            f"{format_value(r['reference'], '.6f'):>13}",
+            f"{format_value(r['error_mha'], '+.2f'):>12}",
+            f"{format_value(r['variance'], '.4f'):>10}",
+            f"{format_value(r['autocorrelation_time'], '.1f'):>6}",
+            f"{r['steps_trained']:>7} ",
+            r["source"] or "-",
+        ]
+        lines.append(" ".join(cells))
+    if any(r["source"] == SOURCE_TRAIN for r in rows):
         lines.append(
-            f"{r['name']:<20} {fmt(r['energy'], '.6f'):>14} {fmt(r['error'], '.6f'):>10} "
-            f"{fmt(r['reference'], '.6f'):>13} {fmt(r['error_mha'], '+.2f'):>12} "
-            f"{fmt(r['variance'], '.4f'):>10} {fmt(r['autocorrelation_time'], '.1f'):>6} "
-            f"{r['steps_trained']:>7}"
+            "source train: not evaluated yet; mean of the last training steps (biased high while "
+            "the optimization still improves)"
         )
     return "\n".join(lines)
 
 
 def to_json(rows: list[dict]) -> str:
-    return json.dumps(rows, indent=2)
+    """JSON array of the rows (unknown values as null)."""
+    return json.dumps(rows, indent=2, allow_nan=False)
+
+
+def to_csv(rows: list[dict], keys: tuple[str, ...] = KEYS) -> str:
+    """CSV with a header line of `keys` and one line per row (unknown values as empty cells);
+    floats are written exactly (shortest round-trip representation)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(keys), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in keys})
+    return out.getvalue()

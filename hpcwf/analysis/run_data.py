@@ -1,0 +1,187 @@
+"""The one reader of `<run_dir>/energies.h5` behind `hpcwf analyze`, `plot` and `compare`.
+
+h5py and numpy only (no jax, no mpi4py): runs on login nodes. The layout is documented in
+`hpcwf.io.energy_log`; this reader also accepts older files without /geometries/group and
+/geometries/scan_coordinate, and files of a live run:
+
+- the file is opened read-only without HDF5 file locking, so that reading never makes the
+  running job's next flush fail (a held read lock would);
+- the writer opens and closes the file on every flush and grows the /train (/pretrain) columns
+  one after another, so a read that meets a half-written flush is retried, and the columns are
+  cut to their common length (rows of a flush still in progress are dropped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hpcwf.errors import InputError
+
+ENERGIES_FILE = "energies.h5"
+READ_ATTEMPTS = 3  # tries to read a file that a live run may be writing
+READ_RETRY_DELAY_S = 0.5
+
+# The training window: when a geometry has no evaluation, its energy is the mean of the last
+# WINDOW_FRACTION of its training steps, at most WINDOW_MAX_STEPS and at least one.
+WINDOW_FRACTION = 0.2
+WINDOW_MAX_STEPS = 200
+
+_TRAIN_COLUMNS = ("step", "geometry", "energy", "variance")
+_PRETRAIN_COLUMNS = ("step", "geometry", "loss")
+_EVALUATION_COLUMNS = ("energy", "error", "variance", "autocorrelation_time", "n_samples")
+
+
+class RunDirError(InputError):
+    """The run directory cannot be analysed; str() starts with the offending path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """Contents of one run's energies.h5 (energies in Ha).
+
+    names, group: per geometry; reference (Ha) and scan_coordinate (units of the job file) per
+    geometry, NaN = unknown / not a scan. train: equal-length columns step, geometry, energy (Ha),
+    variance (Ha^2), one row per (step, rank). evaluation: per-geometry columns energy, error,
+    variance, autocorrelation_time, n_samples, or None before evaluation. pretrain: columns step,
+    geometry, loss (bohr^-3), or None when the run has no pre-training rows.
+    """
+
+    run_dir: Path
+    path: Path
+    names: list[str]
+    group: list[str]
+    reference: np.ndarray
+    scan_coordinate: np.ndarray
+    train: dict[str, np.ndarray]
+    evaluation: dict[str, np.ndarray] | None
+    pretrain: dict[str, np.ndarray] | None
+    _rows: dict[str, list[np.ndarray]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    @property
+    def is_scan(self) -> bool:
+        """True when some geometry has a finite scan coordinate."""
+        return bool(np.any(np.isfinite(self.scan_coordinate)))
+
+    def series(self, table: str, field: str, geometry: int) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one geometry in `table` ("train" or "pretrain"), one value per
+        step: the mean over that step's rows (one per rank under MPI) with finite values, NaN
+        when it has none. Steps ascending; empty arrays when the geometry has no rows."""
+        columns = self.train if table == "train" else self.pretrain
+        if columns is None:
+            return np.zeros(0, np.int64), np.zeros(0)
+        if table not in self._rows:  # row indices per geometry, found once (long live logs)
+            order = np.argsort(columns["geometry"], kind="stable")
+            bounds = np.searchsorted(columns["geometry"][order], np.arange(len(self.names) + 1))
+            self._rows[table] = np.split(order, bounds)[1:-1]
+        rows = self._rows[table][geometry]
+        return per_step_mean(columns["step"][rows], columns[field][rows])
+
+
+def per_step_mean(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique steps (ascending) and the mean of the finite `values` of each (NaN if none)."""
+    unique, inverse = np.unique(steps, return_inverse=True)
+    values = np.asarray(values, np.float64)
+    finite = np.isfinite(values)
+    total = np.bincount(inverse, weights=np.where(finite, values, 0.0), minlength=unique.size)
+    count = np.bincount(inverse, weights=finite.astype(np.float64), minlength=unique.size)
+    mean = np.divide(total, count, out=np.full(unique.size, np.nan), where=count > 0)
+    return unique, mean
+
+
+def window_length(n: int) -> int:
+    """Length of the final window of a series of n steps (0 for an empty series)."""
+    if n <= 0:
+        return 0
+    return int(min(max(round(WINDOW_FRACTION * n), 1), WINDOW_MAX_STEPS))
+
+
+def read_run(run_dir: str | Path) -> RunData:
+    """Reads `<run_dir>/energies.h5`; raises RunDirError for a missing directory, a directory
+    that is not an hpcwf run directory, or an unreadable file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
+    path = run_dir / ENERGIES_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not an hpcwf run directory (no {ENERGIES_FILE})")
+    try:
+        if not h5py.is_hdf5(path):
+            raise RunDirError(f"{path}: unreadable (not an HDF5 file)")
+    except OSError as err:
+        raise RunDirError(f"{path}: unreadable ({_one_line(err)})") from err
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return _read(run_dir, path)
+        except OSError as err:  # possibly a flush of the live run in progress: try again
+            if attempt + 1 == READ_ATTEMPTS:
+                raise RunDirError(f"{path}: unreadable ({_one_line(err)})") from err
+            time.sleep(READ_RETRY_DELAY_S)
+        except (KeyError, ValueError, TypeError) as err:  # a malformed file: no point in retrying
+            raise RunDirError(f"{path}: unreadable ({_one_line(err)})") from err
+    raise AssertionError("unreachable")
+
+
+def _read(run_dir: Path, path: Path) -> RunData:
+    with h5py.File(path, "r", locking=False) as f:
+        fmt = f.attrs.get("format")
+        if fmt is not None and _text(fmt) != "hpcwf-energies":
+            raise RunDirError(f"{path}: not an hpcwf energies file (format {_text(fmt)!r})")
+        if "geometries" not in f or "names" not in f["geometries"]:
+            raise RunDirError(f"{path}: not an hpcwf energies file (no /geometries/names)")
+        g = f["geometries"]
+        names = [_text(n) for n in g["names"][:]]
+        n = len(names)
+        reference = _float_column(g, "reference_energy", n)
+        scan = _float_column(g, "scan_coordinate", n)
+        group = [_text(x) for x in g["group"][:]] if "group" in g else list(names)
+        train = _columns(f, "train", _TRAIN_COLUMNS, path)
+        if train is None:
+            train = {"step": np.zeros(0, np.int64), "geometry": np.zeros(0, np.int32)}
+            train.update({k: np.zeros(0) for k in ("energy", "variance")})
+        pretrain = _columns(f, "pretrain", _PRETRAIN_COLUMNS, path)
+        if pretrain is not None and pretrain["step"].size == 0:
+            pretrain = None
+        evaluation = None
+        if "evaluation" in f:
+            ev = f["evaluation"]
+            missing = [k for k in _EVALUATION_COLUMNS if k not in ev]
+            if missing:
+                raise RunDirError(f"{path}: /evaluation lacks {', '.join(missing)}")
+            evaluation = {k: ev[k][:] for k in _EVALUATION_COLUMNS}
+            if any(v.shape != (n,) for v in evaluation.values()):
+                raise RunDirError(f"{path}: /evaluation does not have one entry per geometry")
+    if len(group) != n or reference.shape != (n,) or scan.shape != (n,):
+        raise RunDirError(f"{path}: /geometries columns differ in length")
+    return RunData(run_dir, path, names, group, reference, scan, train, evaluation, pretrain)
+
+
+def _columns(f: h5py.File, name: str, wanted: tuple[str, ...], path: Path) -> dict[str, np.ndarray] | None:
+    """The `wanted` columns of group `name`, cut to the common length of all its columns (a
+    live run grows them one at a time), or None when the group does not exist."""
+    if name not in f:
+        return None
+    group = f[name]
+    missing = [k for k in wanted if k not in group]
+    if missing:
+        raise RunDirError(f"{path}: /{name} lacks {', '.join(missing)}")
+    length = min(d.shape[0] for d in group.values() if isinstance(d, h5py.Dataset))
+    return {k: group[k][:length] for k in wanted}
+
+
+def _float_column(group: h5py.Group, key: str, n: int) -> np.ndarray:
+    return group[key][:].astype(np.float64) if key in group else np.full(n, np.nan)
+
+
+def _text(x: bytes | str | np.generic) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
