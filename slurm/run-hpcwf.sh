@@ -39,9 +39,12 @@ hpcwf_run() {
     local after
     after=$(hpcwf_checkpoint_step "$run_dir")
     if [ "$rc" -eq "$EXIT_INTERRUPTED" ]; then
+        # An array task is named ARRAYID_TASK: SLURM_JOB_ID alone may name the whole array.
+        local self=$SLURM_JOB_ID
+        [ -n "${SLURM_ARRAY_TASK_ID:-}" ] && self="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
         if [ "$after" -gt "$before" ]; then
-            hpcwf_log "stopped at checkpoint step ${after}; requeueing job ${SLURM_JOB_ID}"
-            scontrol requeue "$SLURM_JOB_ID" && return 0
+            hpcwf_log "stopped at checkpoint step ${after}; requeueing job ${self}"
+            scontrol requeue "$self" && return 0
             hpcwf_log "error: scontrol requeue failed; resubmit by hand to continue from step ${after}"
         else
             hpcwf_log "stopped without progress (checkpoint step ${after}); not requeueing"
