@@ -318,7 +318,7 @@ def run_job(
             for s in systems
         }
         if not init_file and cfg.pretraining.steps > 0:
-            params, walkers = pretrain(cfg, model, params, systems, walkers, root, log, stop, ctx)
+            params, walkers = pretrain(cfg, model, params, systems, walkers, root, log, stop, ctx, energy_log)
         trainer.init_states(params, walkers)
 
     if not (init_file and cfg.init.mode == "evaluate"):
@@ -371,9 +371,21 @@ def place_walkers(ctx: ParallelContext, w: WalkerState) -> WalkerState:
     )
 
 
-def pretrain(cfg, model, params, systems, electrons, root, log, stop: StopFlag, ctx: ParallelContext):
+def pretrain(
+    cfg,
+    model,
+    params,
+    systems,
+    electrons,
+    root,
+    log,
+    stop: StopFlag,
+    ctx: ParallelContext,
+    energy_log: EnergyLog | None = None,
+):
     """HF pre-training; each rank goes round-robin through its shard, one global Adam update
-    per step. Returns (params, walkers sampled from HF)."""
+    per step. Every rank's loss on its own geometry goes to `energy_log` (rank 0's; None on
+    the other ranks) under /pretrain. Returns (params, walkers sampled from HF)."""
     optimizer = make_pretrain_optimizer(model, cfg.pretraining.learning_rate)
     update = ctx.make_global_update(optimizer.apply)
     sweep = make_hf_sweep(cfg.mcmc.steps_per_update)
@@ -389,6 +401,8 @@ def pretrain(cfg, model, params, systems, electrons, root, log, stop: StopFlag, 
         )
         for s in systems
     }
+    if energy_log is not None:
+        energy_log.start_pretrain()  # not resumable: a rerun starts over, so drop stale rows
     t0 = time.perf_counter()
     for t in range(cfg.pretraining.steps):
         s = systems[t % len(systems)]
@@ -396,7 +410,13 @@ def pretrain(cfg, model, params, systems, electrons, root, log, stop: StopFlag, 
         walkers[s.index], pmove = sweep(s.hf_orbitals, s.data, walkers[s.index], key)
         batch = PretrainBatch(walkers[s.index].electrons, s.data, s.hf_orbitals)
         stats = optimizer.local_statistics(params, opt_state, key, batch)
+        # info["loss"] is averaged over ranks; the per-geometry curve needs each rank's own.
+        row = dict(step=t, geometry=s.index, loss=float(jax.device_get(stats.loss)[0]))
         params, opt_state, info = update(params, opt_state, stats, t)
+        rows = ctx.gather(row)
+        if energy_log is not None:
+            for r in rows:
+                energy_log.append_pretrain(**r)
         (stopping,) = ctx.any([stop.requested is not None])
         if stopping:
             raise RunInterruptedError(
@@ -408,6 +428,8 @@ def pretrain(cfg, model, params, systems, electrons, root, log, stop: StopFlag, 
                 f"pretrain {t + 1:>6}/{cfg.pretraining.steps}  {s.name:<12} loss {float(info['loss']):.3e}  "
                 f"pmove {float(pmove):.2f}  {(time.perf_counter() - t0) / (t + 1):.3f} s/step"
             )
+            if energy_log is not None:
+                energy_log.flush()  # readable by h5py while pre-training runs
     # Pre-trained walkers (HF distribution) replace the first n starting positions.
     sampled = {i: electrons[i].copy() for i in electrons}
     for i, w in walkers.items():

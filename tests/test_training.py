@@ -126,6 +126,11 @@ def test_two_geometry_job_trains_and_evaluates(h2_run):
         assert np.all(np.isfinite(ev["energy"][:])) and np.all(ev["error"][:] > 0)
         # An untrained-ish H2 is still a bound molecule: well below two free electrons, above -1.3.
         assert np.all((ev["energy"][:] > -1.3) & (ev["energy"][:] < -0.8))
+        # HF pre-training: one row per step with its geometry's loss (round-robin 0, 1, 0, ...).
+        pre = f["pretrain"]
+        np.testing.assert_array_equal(pre["step"][:], np.arange(10))
+        np.testing.assert_array_equal(pre["geometry"][:], np.arange(10) % 2)
+        assert np.all(np.isfinite(pre["loss"][:])) and np.all(pre["loss"][:] > 0)
     assert (run / "config.toml").exists()
     assert (run / "checkpoints" / "params.h5").exists()
     assert (run / "hf_cache.h5").exists()

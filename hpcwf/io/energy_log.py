@@ -13,6 +13,12 @@ Layout:
                  Under MPI every step has one row per rank, gathered by rank 0.
     /evaluation  per geometry: energy, error, variance, autocorrelation_time, n_samples
                  (NaN / 0 where a geometry was not evaluated); attrs: steps
+    /pretrain    equal-length 1-D datasets, one row per (HF pre-training step, rank): step,
+                 geometry, loss (that rank's HF pre-training loss on its own geometry at the
+                 parameters before the step's update: mean squared difference of network and HF
+                 orbital values, bohr^-3; the global Adam step uses the average over ranks).
+                 Empty when the run had no pre-training. Pre-training is not resumable: the group
+                 is emptied when pre-training (re)starts.
 Energies in Hartree.
 """
 
@@ -42,16 +48,25 @@ TRAIN_FIELDS: dict[str, type] = {
     "sync_time": np.float64,
     "n_nonfinite": np.int32,
 }
+PRETRAIN_FIELDS: dict[str, type] = {"step": np.int64, "geometry": np.int32, "loss": np.float64}
 EVALUATION_FIELDS = ("energy", "error", "variance", "autocorrelation_time", "n_samples")
 
 
+def _require_columns(group: h5py.Group, fields: dict[str, type]) -> None:
+    """Empty, appendable 1-D datasets for `fields` (existing ones are kept)."""
+    for name, dtype in fields.items():
+        if name not in group:
+            group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+
+
 class EnergyLog:
-    """Appends training rows and stores evaluation results. Rows are buffered in memory and
-    written by `flush()` (call it at least at every checkpoint)."""
+    """Appends training and pre-training rows and stores evaluation results. Rows are buffered
+    in memory and written by `flush()` (call it at least at every checkpoint)."""
 
     def __init__(self, path: str | Path, geometries: Sequence[Molecule]):
         self.path = Path(path)
         self._buffer: list[dict] = []
+        self._pretrain_buffer: list[dict] = []
         with h5py.File(self.path, "a") as f:
             f.attrs["format"] = "hpcwf-energies"
             f.attrs["version"] = 1
@@ -72,26 +87,39 @@ class EnergyLog:
                 if key in g:
                     del g[key]
                 g.create_dataset(key, data=data)
-            train = f.require_group("train")
-            for name, dtype in TRAIN_FIELDS.items():
-                if name not in train:
-                    train.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+            for group, fields in (("train", TRAIN_FIELDS), ("pretrain", PRETRAIN_FIELDS)):
+                _require_columns(f.require_group(group), fields)
 
     def append(self, **row) -> None:
         self._buffer.append(row)
 
-    def flush(self) -> None:
-        if not self._buffer:
-            return
+    def append_pretrain(self, **row) -> None:
+        self._pretrain_buffer.append(row)
+
+    def start_pretrain(self) -> None:
+        """Empties /pretrain: a restarted pre-training starts over, so its old rows are stale."""
+        self._pretrain_buffer.clear()
         with h5py.File(self.path, "a") as f:
-            train = f["train"]
-            n_old = train["step"].shape[0]
-            n_new = n_old + len(self._buffer)
-            for name, dtype in TRAIN_FIELDS.items():
-                values = np.array([row.get(name, np.nan) for row in self._buffer], dtype=dtype)
-                train[name].resize((n_new,))
-                train[name][n_old:] = values
-        self._buffer.clear()
+            if "pretrain" in f:
+                del f["pretrain"]
+            _require_columns(f.create_group("pretrain"), PRETRAIN_FIELDS)
+
+    def flush(self) -> None:
+        for group, fields, buffer in (
+            ("train", TRAIN_FIELDS, self._buffer),
+            ("pretrain", PRETRAIN_FIELDS, self._pretrain_buffer),
+        ):
+            if not buffer:
+                continue
+            with h5py.File(self.path, "a") as f:
+                columns = f[group]
+                n_old = columns["step"].shape[0]
+                n_new = n_old + len(buffer)
+                for name, dtype in fields.items():
+                    values = np.array([row.get(name, np.nan) for row in buffer], dtype=dtype)
+                    columns[name].resize((n_new,))
+                    columns[name][n_old:] = values
+            buffer.clear()
 
     def truncate(self, n_steps: int) -> None:
         """Drops every row with step >= n_steps (used when resuming from a checkpoint)."""
