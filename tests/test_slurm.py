@@ -122,8 +122,12 @@ def pretrained(slurm, tmp_path_factory):
     _wait(lambda: "\nstep " in _text(out), 300, "the first progress line")
     slurm.run("scancel", "--signal=USR1", job_id)  # what slurmctld sends at --signal=USR1@T
     _wait(lambda: "requeueing job" in _text(out), 120, f"the requeue (output: {_text(out)[-2000:]})")
-    # A requeued job becomes eligible only after a delay (BeginTime); don't wait it out.
+    # A requeued job becomes eligible only after a delay (BeginTime) that lets the node finish
+    # cleaning up the killed incarnation; once the node is idle again that is done, and the
+    # rest of the delay need not be waited out.
     _wait(lambda: slurm.job_field(job_id, "JobState") == "PENDING", 60, "the requeued job to be pending")
+    _wait(lambda: slurm.run("sinfo", "-h", "-o", "%t").stdout.strip() == "idle", 120, "the node to be idle")
+    time.sleep(2)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
     _wait(lambda: not slurm.in_queue(job_id), 400, f"job {job_id} to finish (output: {_text(out)[-2000:]})")
     return work / "run", _text(out), job_id
