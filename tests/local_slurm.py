@@ -133,10 +133,17 @@ class LocalSlurm:
         return bool(self.run("squeue", "-h", "-j", job_id, check=False).stdout.strip())
 
     def stop(self) -> None:
+        """Stops this cluster's daemons: SIGTERM, then SIGKILL after 10 s."""
         if self.root is None:
             return
+        pids = []
         for pid_file in ("slurmd.pid", "slurmctld.pid"):
-            path = self.root / pid_file
             with contextlib.suppress(OSError, ValueError):
-                os.kill(int(path.read_text().strip()), signal.SIGTERM)
-        time.sleep(1)
+                pids.append(int((self.root / pid_file).read_text().strip()))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+                time.sleep(0.2)
