@@ -6,6 +6,12 @@ orbital energy and sign-fixed, all deterministically; then scattered into elemen
 descriptors [n_atoms, n_orbitals, d_desc]. Results are cached in HDF5, keyed by geometry and
 settings, because the descriptors must be identical between pre-training and fine-tuning.
 
+Everything up to the sign convention runs in a canonical frame of the nuclei (`canonical_frame`:
+centre of nuclear charge, principal axes of the nuclear charge distribution, canonical atom
+order) and the orbitals are then rotated back, so that the same molecule gives the same network
+input wherever it sits and however its atoms are listed (see `run_hartree_fock` for exactly what
+holds, and where molecular symmetry limits it).
+
 Units: lengths bohr, energies Hartree.
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -24,7 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hpcwf.systems.gaussian_basis import GaussianBasis, basis_from_pyscf
+from hpcwf.systems.gaussian_basis import GaussianBasis, _cartesian_powers, basis_from_pyscf
 from hpcwf.systems.molecule import ELEMENTS, Molecule
 
 DEFAULT_BASIS = "STO-6G"
@@ -32,7 +39,8 @@ DEFAULT_ELEMENTS: tuple[str, ...] = tuple(ELEMENTS)
 
 # Bump whenever anything that changes the stored arrays changes (SCF/localization settings,
 # sorting, sign convention, layout): old cache entries then simply miss.
-CACHE_FORMAT_VERSION = 1
+# 2: orbitals computed in the canonical frame (canonical_frame) and rotated back.
+CACHE_FORMAT_VERSION = 2
 
 SCF_CONV_TOL = 1e-10  # Ha
 SCF_CONV_TOL_GRAD = 1e-7
@@ -48,6 +56,21 @@ CENTROID_DECIMALS = 4  # centroids are rounded to 1e-4 bohr for the tie-break (n
 SIGN_SUM_TOL = 1e-6
 # Coefficients within this relative distance of the largest magnitude count as tied for it.
 SIGN_MAX_REL_TOL = 1e-6
+
+# Canonical frame (canonical_frame). Canonical coordinates are rounded to 1e-8 bohr, so that
+# translated, rotated or re-ordered copies of a geometry (which differ there by ~1e-15 bohr of
+# floating-point noise) hand bitwise identical input to pyscf; the rounding moves nuclei by at
+# most 5e-9 bohr (HF energy changes ~1e-9 Ha).
+FRAME_DECIMALS = 8
+# Eigenvalues of the nuclear-charge second moment closer than this (relative to the largest)
+# count as degenerate; the in-plane axes are then fixed by atom directions instead (valid for any
+# molecule, so a generous threshold costs nothing and keeps eigenvector noise ~1e-13).
+FRAME_DEGENERACY_TOL = 1e-2
+FRAME_ATOM_TOL = 1e-3  # bohr: atoms closer than this to the centre / axis define no direction
+FRAME_MATRIX_DECIMALS = 6  # frames tied on the atom table are ordered by their rounded matrices
+# Linear molecules: orbital centroids further than this (bohr) from the axis fix the azimuth of
+# the localized set (the Boys minimum is a continuous family of rotations about the axis).
+LINEAR_OFF_AXIS_TOL = 1e-2
 
 
 @dataclasses.dataclass
@@ -169,6 +192,150 @@ def make_descriptors(mol, mo_coeff: np.ndarray, basis: str, elements: Sequence[s
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class CanonicalFrame:
+    """A molecule's nuclei in their canonical frame (see `canonical_frame`).
+
+    Attributes:
+        origin: centre of nuclear charge in input coordinates (bohr), [3].
+        axes: orthogonal matrix whose rows are the canonical x, y, z axes in input coordinates,
+            [3, 3] (determinant +1 or -1); canonical coordinates are y = axes @ (x - origin).
+        order: canonical atom j is input atom order[j], [n_atoms] int.
+        coords: canonical coordinates of the atoms in canonical order, rounded to FRAME_DECIMALS
+            (bohr), [n_atoms, 3].
+        linear: all nuclei on the canonical x axis (and more than one of them).
+    """
+
+    origin: np.ndarray
+    axes: np.ndarray
+    order: np.ndarray
+    coords: np.ndarray
+    linear: bool
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _perpendicular_directions(u: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
+    """Unit vectors along the components of `points` [n, 3] perpendicular to unit vector u, for
+    the points further than FRAME_ATOM_TOL from the line along u."""
+    perp = points - np.outer(points @ u, u)
+    return [_unit(p) for p in perp if np.linalg.norm(p) > FRAME_ATOM_TOL]
+
+
+def _any_perpendicular(u: np.ndarray) -> np.ndarray:
+    """A unit vector perpendicular to u: the projection of the Cartesian axis least aligned with u
+    (first on ties). Deterministic, but no rotation-covariant choice exists (hairy ball)."""
+    k = int(np.argmin(np.round(np.abs(u), FRAME_MATRIX_DECIMALS)))
+    return _unit(np.eye(3)[k] - u[k] * u)
+
+
+def _candidate_frames(charges: np.ndarray, rel: np.ndarray) -> list[np.ndarray]:
+    """Orthogonal matrices (rows = axes) that are covariant functions of the nuclei `rel`
+    [n, 3] (relative to the centre of charge), as a set: rotating the nuclei rotates every
+    candidate. Principal axes of sum_I Z_I r_I r_I^T in descending order of the eigenvalue, all
+    sign choices; a degenerate pair of axes is replaced by (direction of an atom's projection
+    onto their plane, its cross product with the unique axis) for every atom off that axis; a
+    triply degenerate set by (direction of atom I, direction of atom J's component
+    perpendicular to it, their cross product) for every such pair of atoms."""
+    w, v = np.linalg.eigh((charges[:, None] * rel).T @ rel)
+    w, v = w[::-1], v[:, ::-1]  # descending
+    tol = FRAME_DEGENERACY_TOL * max(w[0], 1e-300)
+    deg01, deg12 = w[0] - w[1] <= tol, w[1] - w[2] <= tol
+    signs = list(itertools.product((1.0, -1.0), repeat=3))
+    if not deg01 and not deg12:
+        return [np.asarray(s)[:, None] * v.T for s in signs]
+    if deg01 and deg12:  # spherical top (CH4, an atom, ...)
+        frames = []
+        for a in [_unit(r) for r in rel if np.linalg.norm(r) > FRAME_ATOM_TOL]:
+            for b in _perpendicular_directions(a, rel) or [_any_perpendicular(a)]:
+                frames += [np.stack([a, b, s * np.cross(a, b)]) for s in (1.0, -1.0)]
+        return frames or [np.eye(3)]
+    # Symmetric top: one unique axis u (largest eigenvalue: prolate, smallest: oblate).
+    prolate = deg12
+    u = v[:, 0] if prolate else v[:, 2]
+    frames = []
+    for a in _perpendicular_directions(u, rel) or [_any_perpendicular(u)]:
+        for su, sb in itertools.product((1.0, -1.0), repeat=2):
+            b = sb * np.cross(su * u, a)
+            frames.append(np.stack([su * u, a, b] if prolate else [a, b, su * u]))
+    return frames
+
+
+def canonical_frame(molecule: Molecule) -> CanonicalFrame:
+    """The canonical frame of a molecule's nuclei: a deterministic function of the nuclear
+    geometry that does not depend on where the molecule sits or how its atoms are listed.
+
+    Origin: the centre of nuclear charge. Axes: among the candidate frames (principal axes of
+    the nuclear charge distribution with every sign choice; degenerate axes fixed by atom
+    directions, see _candidate_frames) the one whose table of (Z, canonical coordinates rounded
+    to FRAME_DECIMALS), rows sorted, is lexicographically smallest. Candidates with equal tables
+    differ by a symmetry operation of the nuclei; among those the one with the lexicographically
+    smallest rounded matrix is taken (a fixed but not rotation-covariant choice: none exists).
+    Linear molecules lie along the canonical x axis; their perpendicular axes come from the
+    input Cartesian axes (_any_perpendicular). Reflections are allowed (det(axes) = -1).
+
+    Consequently: translated or re-ordered copies of a geometry get the same `coords` (bitwise,
+    barring a coordinate within ~1e-15 bohr of a rounding boundary) and, up to ~1e-15, the same
+    `axes`; a rotated copy (rotation R) gets the same `coords` and axes' = S axes R^T, where S
+    is a symmetry operation of the nuclei in the canonical frame (S = 1 without symmetry).
+    """
+    charges = molecule.charges
+    xyz = np.asarray(molecule.coords, dtype=np.float64)
+    origin = charges @ xyz / charges.sum()
+    rel = xyz - origin
+    best = None
+    for q in _candidate_frames(charges, rel):
+        y = np.round(rel @ q.T, FRAME_DECIMALS) + 0.0  # -0.0 -> 0.0
+        order = np.lexsort((y[:, 2], y[:, 1], y[:, 0], charges))  # by Z, then x, y, z
+        key = (
+            tuple(np.column_stack([charges[order], y[order]]).ravel()),
+            tuple((np.round(q, FRAME_MATRIX_DECIMALS) + 0.0).ravel()),
+        )
+        if best is None or key < best[0]:
+            best = (key, q, order, y[order])
+    _, axes, order, coords = best
+    linear = len(coords) > 1 and not np.any(coords[:, 1:])
+    return CanonicalFrame(origin=origin, axes=axes, order=order, coords=coords, linear=linear)
+
+
+def _cartesian_transform(l: int, q: np.ndarray) -> np.ndarray:
+    """M [n_cart, n_cart] with m_mu(q u) = sum_nu M[nu, mu] m_nu(u) for the degree-l Cartesian
+    monomials m (x^a y^b z^c, pyscf order) and a 3x3 matrix q: how Cartesian GTO coefficients
+    of one shell transform under a change of frame (exact; pyscf gives all components of a
+    Cartesian shell the same normalization)."""
+    comps = _cartesian_powers(l)
+    index = {p: i for i, p in enumerate(comps)}
+    m = np.zeros((len(comps), len(comps)))
+    for mu, p in enumerate(comps):
+        rows = [0] * p[0] + [1] * p[1] + [2] * p[2]  # m_mu(q u) = prod over these rows of (q u)
+        for pick in itertools.product(range(3), repeat=l):
+            coef = np.prod([q[r, c] for r, c in zip(rows, pick, strict=True)])
+            m[index[tuple(np.bincount(pick, minlength=3))], mu] += coef
+    return m
+
+
+def _ao_frame_transform(mol_src, mol_dst, q: np.ndarray, atom_map: np.ndarray) -> np.ndarray:
+    """T [n_ao, n_ao] with phi_dst(x) = phi_src(q (x - X_dst) + Y_src) for orbitals
+    phi = AOs @ c, c_dst = T c_src, when atom j of mol_src (at Y_src) is atom atom_map[j] of
+    mol_dst (at X_dst) with the same element and basis: a block of _cartesian_transform(l, q)
+    per shell."""
+    t = np.zeros((mol_dst.nao, mol_src.nao))
+    loc_src, loc_dst = mol_src.ao_loc_nr(), mol_dst.ao_loc_nr()
+    for j, i in enumerate(atom_map):
+        shells_src, shells_dst = mol_src.atom_shell_ids(j), mol_dst.atom_shell_ids(int(i))
+        if len(shells_src) != len(shells_dst):
+            raise ValueError(f"atoms {j} and {i} have different shells")
+        for bs, bd in zip(shells_src, shells_dst, strict=True):
+            l = mol_src.bas_angular(bs)
+            if l != mol_dst.bas_angular(bd) or mol_src.bas_nctr(bs) != mol_dst.bas_nctr(bd):
+                raise ValueError(f"atoms {j} and {i} have different shells")
+            block = np.kron(np.eye(mol_src.bas_nctr(bs)), _cartesian_transform(l, q))
+            t[loc_dst[bd] : loc_dst[bd + 1], loc_src[bs] : loc_src[bs + 1]] = block
+    return t
+
+
 def _boys_hessian_min(loc) -> tuple[float, np.ndarray]:
     """Lowest eigenpair of the Boys cost Hessian at loc.mo_coeff, from the explicit Hessian.
 
@@ -226,11 +393,38 @@ def _sign_fix(c: np.ndarray) -> np.ndarray:
     return c
 
 
+def _fix_linear_azimuth(mol, mo_loc: np.ndarray, e_est: np.ndarray, dip: np.ndarray) -> np.ndarray:
+    """Picks one member of the continuous family of Boys minima of a linear molecule.
+
+    The nuclei lie on the x axis of `mol`, so any rotation about it maps a Boys minimum to
+    another. Rule: the off-axis orbital (centroid further than LINEAR_OFF_AXIS_TOL from the
+    axis) with the lowest estimated energy gets its centroid into the x-y half-plane with y > 0.
+    Which of several symmetry-equivalent orbitals serves as the reference does not matter: they
+    differ by a rotation that maps the localized set onto itself.
+    """
+    centroid = np.einsum("ak,xab,bk->kx", mo_loc, dip, mo_loc)  # [n, 3]
+    rho = np.hypot(centroid[:, 1], centroid[:, 2])
+    off_axis = np.nonzero(rho > LINEAR_OFF_AXIS_TOL)[0]
+    if len(off_axis) == 0:
+        return mo_loc
+    ref = off_axis[np.argmin(e_est[off_axis])]
+    theta = np.arctan2(centroid[ref, 2], centroid[ref, 1])
+    c, s = np.cos(theta), np.sin(theta)
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])  # phi'(y) = phi(rot y)
+    return _ao_frame_transform(mol, mol, rot, np.arange(mol.natm)) @ mo_loc
+
+
 def _localize_sort_sign(
-    mol, mo_can: np.ndarray, eps: np.ndarray, s1e: np.ndarray, dip: np.ndarray
+    mol,
+    mo_can: np.ndarray,
+    eps: np.ndarray,
+    s1e: np.ndarray,
+    dip: np.ndarray,
+    linear: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Localizes, sorts and sign-fixes occupied canonical orbitals mo_can [n_ao, n] with
     canonical energies eps [n]. dip: position integrals <mu|r|nu> [3, n_ao, n_ao] (origin 0).
+    linear: the nuclei lie on the x axis (then _fix_linear_azimuth picks the family member).
 
     Returns (orbitals [n_ao, n], estimated energies [n]).
     """
@@ -239,7 +433,9 @@ def _localize_sort_sign(
         return mo_can.copy(), np.zeros(0)
     mo_loc = _boys_localize(mol, mo_can)
     U = mo_can.T @ s1e @ mo_loc  # mo_loc = mo_can @ U (orthogonal)
-    e_est = (U**2).T @ eps  # e_k = sum_j U_jk^2 eps_j
+    e_est = (U**2).T @ eps  # e_k = sum_j U_jk^2 eps_j (invariant under the rotation below)
+    if linear:
+        mo_loc = _fix_linear_azimuth(mol, mo_loc, e_est, dip)
     centroid = np.round(np.einsum("ak,xab,bk->kx", mo_loc, dip, mo_loc), CENTROID_DECIMALS)
     centroid = centroid + 0.0  # -0.0 -> 0.0 so rounding noise cannot flip the order
 
@@ -301,10 +497,31 @@ def run_hartree_fock(
 ) -> HartreeFockResult:
     """HF, Boys localization, sorting, sign convention and descriptors for one geometry.
 
-    RHF if the electron count is even and spin == 0, else UHF. Deterministic for a given
-    machine: pyscf runs single-threaded here, because its multi-threaded Fock builds are not
-    bitwise reproducible and degenerate canonical orbitals (CH4, N2, ...) amplify that noise into
-    different localized orbitals.
+    RHF if the electron count is even and spin == 0, else UHF. SCF, localization, sorting and
+    the sign convention run on the molecule in its canonical frame (`canonical_frame`); the
+    orbitals are then transformed back to the input frame and atom order (Cartesian shells
+    transform exactly under rotations: p coefficients as a vector, d and higher as products).
+    The energy is that of the canonical geometry (nuclei moved by < 1e-8 bohr by the rounding).
+
+    What holds (tests/test_descriptors.py):
+    - translation: orbitals, order, signs and descriptors invariant (to ~1e-15);
+    - re-listing the atoms: the atom axis of the descriptors and the AO blocks of the
+      coefficients permute along; orbital order and signs do not change;
+    - rotation or reflection R: orbital k becomes R S applied to orbital k (p coefficients
+      rotate; descriptor rows follow the atom permutation of S), where S is a symmetry operation
+      of the nuclear framework chosen by the frame rule; S = 1 for a molecule without symmetry.
+      A symmetric molecule cannot do better: R could itself be a symmetry operation, and then
+      exact covariance would demand that a symmetry operation leaves each localized orbital
+      unchanged, which symmetry-equivalent orbitals (the CH bonds of CH4) contradict.
+    - linear molecules: the Boys minimum is a continuous family (rotations about the axis);
+      _fix_linear_azimuth picks the member, the axis of the rotation S above is the molecular
+      axis. Other degenerate minima (the two Kekule-like sets of a benzene ring, the rotations
+      of an atom's sp3 hybrids) are resolved by the optimizer's path from the canonical
+      orbitals, which is a fixed function of the canonical geometry, i.e. reproducible on a given
+      machine and library build but not a fixed rule.
+    Deterministic for a given machine: pyscf runs single-threaded here, because its
+    multi-threaded Fock builds are not bitwise reproducible and degenerate canonical orbitals
+    (CH4, N2, ...) amplify that noise into different localized orbitals.
 
     Raises ValueError if the molecule has an element outside `elements`.
     """
@@ -314,27 +531,37 @@ def run_hartree_fock(
     _check_elements(molecule, elements)
     descriptor_layout(basis, elements)  # validate the element list early
     restricted = molecule.n_electrons % 2 == 0 and molecule.spin == 0
+    frame = canonical_frame(molecule)
+    canonical = dataclasses.replace(
+        molecule, symbols=tuple(molecule.symbols[i] for i in frame.order), coords=frame.coords
+    )
     with lib.with_omp_threads(1):
-        mol = build_pyscf_molecule(molecule, basis)
-        mf = _run_scf(mol, restricted)
-        s1e = mol.intor_symmetric("int1e_ovlp")
-        with mol.with_common_origin((0.0, 0.0, 0.0)):
-            dip = mol.intor_symmetric("int1e_r", comp=3)
+        mol_can = build_pyscf_molecule(canonical, basis)
+        mf = _run_scf(mol_can, restricted)
+        s1e = mol_can.intor_symmetric("int1e_ovlp")
+        with mol_can.with_common_origin((0.0, 0.0, 0.0)):  # the centre of nuclear charge
+            dip = mol_can.intor_symmetric("int1e_r", comp=3)
         if restricted:
             occ = mf.mo_occ > 0
-            c_up, e_up = _localize_sort_sign(mol, mf.mo_coeff[:, occ], mf.mo_energy[occ], s1e, dip)
+            c_up, e_up = _localize_sort_sign(
+                mol_can, mf.mo_coeff[:, occ], mf.mo_energy[occ], s1e, dip, frame.linear
+            )
             c_dn, e_dn = c_up[:, : molecule.n_dn].copy(), e_up[: molecule.n_dn].copy()
         else:
             (c_up, e_up), (c_dn, e_dn) = (
                 _localize_sort_sign(
-                    mol,
+                    mol_can,
                     mf.mo_coeff[s][:, mf.mo_occ[s] > 0],
                     mf.mo_energy[s][mf.mo_occ[s] > 0],
                     s1e,
                     dip,
+                    frame.linear,
                 )
                 for s in (0, 1)
             )
+        mol = build_pyscf_molecule(molecule, basis)
+        to_input = _ao_frame_transform(mol_can, mol, frame.axes, frame.order)
+        c_up, c_dn = to_input @ c_up, to_input @ c_dn
         gb = basis_from_pyscf(mol)
     if c_up.shape[1] != molecule.n_up or c_dn.shape[1] != molecule.n_dn:
         raise RuntimeError(
