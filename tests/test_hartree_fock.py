@@ -14,8 +14,10 @@ from hpcwf.systems.hartree_fock import (
     DEFAULT_ELEMENTS,
     SIGN_SUM_TOL,
     HartreeFockCache,
+    _ao_frame_transform,
     _boys_hessian_min,
     build_pyscf_molecule,
+    canonical_frame,
     descriptor_layout,
     descriptor_size,
     run_hartree_fock,
@@ -170,11 +172,19 @@ def test_descriptors_rebuild_coefficients(hf_h2o, hf_lih_cation):
 
 
 def test_deterministic_and_sign_convention():
+    """Same result twice; the sign convention holds in the canonical frame, where it is applied."""
     for molecule in (H2O, CH4):
         a, b = run_hartree_fock(molecule), run_hartree_fock(molecule)
         np.testing.assert_array_equal(a.descriptors_up, b.descriptors_up)
         np.testing.assert_array_equal(a.descriptors_dn, b.descriptors_dn)
+        frame = canonical_frame(molecule)
+        canonical = dataclasses.replace(
+            molecule, symbols=tuple(molecule.symbols[i] for i in frame.order), coords=frame.coords
+        )
+        mol_can, mol = build_pyscf_molecule(canonical), build_pyscf_molecule(molecule)
+        to_input = _ao_frame_transform(mol_can, mol, frame.axes, frame.order)
         for c in (a.mo_coeff_up, a.mo_coeff_dn):
+            c = np.linalg.solve(to_input, c)
             sums = c.sum(axis=0)
             for k, total in enumerate(sums):
                 if abs(total) >= SIGN_SUM_TOL:
@@ -208,6 +218,27 @@ def test_cache_reuses_results(tmp_path, hf_h2o):
         assert all(g.attrs["name"] == "H2O" for g in f.values())
     b = third.basis()
     assert b.centers.shape == (7, 3) and b.powers.dtype == np.int32
+
+
+def test_cache_does_not_reuse_entries_of_the_old_format(tmp_path, hf_h2o, monkeypatch):
+    """Format 1 (before the canonical frame) stored orbitals that depend on position and atom
+    order; such entries must be recomputed, not reused."""
+    import hpcwf.systems.hartree_fock as hartree_fock
+
+    calls = []
+
+    def fake_compute(molecule, basis, elements):
+        calls.append(1)
+        return hf_h2o
+
+    path = tmp_path / "hf.h5"
+    current = hartree_fock.CACHE_FORMAT_VERSION
+    monkeypatch.setattr(hartree_fock, "CACHE_FORMAT_VERSION", 1)
+    HartreeFockCache(path, compute_fn=fake_compute).get_or_compute(H2O)
+    monkeypatch.setattr(hartree_fock, "CACHE_FORMAT_VERSION", current)
+    assert HartreeFockCache(path).lookup(H2O) is None
+    HartreeFockCache(path, compute_fn=fake_compute).get_or_compute(H2O)
+    assert len(calls) == 2
 
 
 def test_cache_recomputes_incomplete_group(tmp_path, hf_h2o):

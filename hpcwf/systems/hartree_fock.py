@@ -393,49 +393,54 @@ def _sign_fix(c: np.ndarray) -> np.ndarray:
     return c
 
 
-def _fix_linear_azimuth(mol, mo_loc: np.ndarray, e_est: np.ndarray, dip: np.ndarray) -> np.ndarray:
-    """Picks one member of the continuous family of Boys minima of a linear molecule.
+def _linear_azimuth_rotation(mol, localized: Sequence[tuple[np.ndarray, np.ndarray]], dip: np.ndarray):
+    """AO transform [n_ao, n_ao] that picks one member of the continuous family of solutions of
+    a linear molecule, or None when no orbital lies off the axis.
 
-    The nuclei lie on the x axis of `mol`, so any rotation about it maps a Boys minimum to
-    another. Rule: the off-axis orbital (centroid further than LINEAR_OFF_AXIS_TOL from the
-    axis) with the lowest estimated energy gets its centroid into the x-y half-plane with y > 0.
-    Which of several symmetry-equivalent orbitals serves as the reference does not matter: they
-    differ by a rotation that maps the localized set onto itself.
+    The nuclei lie on the x axis of `mol`, so a rotation about it maps the SCF solution (both
+    spins together: an open pi shell of a UHF solution is not itself axially symmetric) and its
+    Boys minima onto equally good ones. Rule: the off-axis orbital (centroid further than
+    LINEAR_OFF_AXIS_TOL from the axis) with the lowest estimated energy, first spin first, gets
+    its centroid into the x-y half-plane with y > 0. Which of several symmetry-equivalent
+    orbitals serves as the reference does not matter: their rotations map the set onto itself.
+
+    Args:
+        localized: per spin, (localized orbitals [n_ao, n], estimated energies [n]).
+        dip: position integrals [3, n_ao, n_ao] (origin on the axis).
     """
-    centroid = np.einsum("ak,xab,bk->kx", mo_loc, dip, mo_loc)  # [n, 3]
-    rho = np.hypot(centroid[:, 1], centroid[:, 2])
-    off_axis = np.nonzero(rho > LINEAR_OFF_AXIS_TOL)[0]
-    if len(off_axis) == 0:
-        return mo_loc
-    ref = off_axis[np.argmin(e_est[off_axis])]
-    theta = np.arctan2(centroid[ref, 2], centroid[ref, 1])
-    c, s = np.cos(theta), np.sin(theta)
-    rot = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])  # phi'(y) = phi(rot y)
-    return _ao_frame_transform(mol, mol, rot, np.arange(mol.natm)) @ mo_loc
+    for mo_loc, e_est in localized:
+        centroid = np.einsum("ak,xab,bk->kx", mo_loc, dip, mo_loc)  # [n, 3]
+        off_axis = np.nonzero(np.hypot(centroid[:, 1], centroid[:, 2]) > LINEAR_OFF_AXIS_TOL)[0]
+        if len(off_axis):
+            ref = off_axis[np.argmin(e_est[off_axis])]
+            theta = np.arctan2(centroid[ref, 2], centroid[ref, 1])
+            c, s = np.cos(theta), np.sin(theta)
+            rot = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])  # phi'(y) = phi(rot y)
+            return _ao_frame_transform(mol, mol, rot, np.arange(mol.natm))
+    return None
 
 
-def _localize_sort_sign(
-    mol,
-    mo_can: np.ndarray,
-    eps: np.ndarray,
-    s1e: np.ndarray,
-    dip: np.ndarray,
-    linear: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Localizes, sorts and sign-fixes occupied canonical orbitals mo_can [n_ao, n] with
-    canonical energies eps [n]. dip: position integrals <mu|r|nu> [3, n_ao, n_ao] (origin 0).
-    linear: the nuclei lie on the x axis (then _fix_linear_azimuth picks the family member).
+def _localize(mol, mo_can: np.ndarray, eps: np.ndarray, s1e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boys-localizes occupied canonical orbitals mo_can [n_ao, n] with canonical energies eps [n].
+
+    Returns (localized orbitals [n_ao, n], estimated energies e_k = sum_j U_jk^2 eps_j [n],
+    U = mo_can^T S mo_loc the canonical->localized rotation).
+    """
+    if mo_can.shape[1] == 0:
+        return mo_can.copy(), np.zeros(0)
+    mo_loc = _boys_localize(mol, mo_can)
+    u = mo_can.T @ s1e @ mo_loc  # mo_loc = mo_can @ U (orthogonal)
+    return mo_loc, (u**2).T @ eps
+
+
+def _sort_sign(mo_loc: np.ndarray, e_est: np.ndarray, dip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorts localized orbitals [n_ao, n] by estimated energy e_est [n] (ties by centroid, from
+    the position integrals dip [3, n_ao, n_ao]) and fixes their signs (_sign_fix).
 
     Returns (orbitals [n_ao, n], estimated energies [n]).
     """
-    n = mo_can.shape[1]
-    if n == 0:
-        return mo_can.copy(), np.zeros(0)
-    mo_loc = _boys_localize(mol, mo_can)
-    U = mo_can.T @ s1e @ mo_loc  # mo_loc = mo_can @ U (orthogonal)
-    e_est = (U**2).T @ eps  # e_k = sum_j U_jk^2 eps_j (invariant under the rotation below)
-    if linear:
-        mo_loc = _fix_linear_azimuth(mol, mo_loc, e_est, dip)
+    if mo_loc.shape[1] == 0:
+        return mo_loc.copy(), e_est.copy()
     centroid = np.round(np.einsum("ak,xab,bk->kx", mo_loc, dip, mo_loc), CENTROID_DECIMALS)
     centroid = centroid + 0.0  # -0.0 -> 0.0 so rounding noise cannot flip the order
 
@@ -454,6 +459,30 @@ def _localize_sort_sign(
         final += sorted(g, key=lambda k: (*centroid[k], e_est[k], k))
     final = np.asarray(final)
     return _sign_fix(mo_loc[:, final]), e_est[final]
+
+
+def _localize_sort_sign(
+    mol,
+    spins: Sequence[tuple[np.ndarray, np.ndarray]],
+    s1e: np.ndarray,
+    dip: np.ndarray,
+    linear: bool = False,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Localizes, sorts and sign-fixes the occupied canonical orbitals of each spin.
+
+    Args:
+        spins: per spin channel, (canonical orbitals [n_ao, n], canonical energies [n]).
+        s1e: AO overlap [n_ao, n_ao]. dip: position integrals <mu|r|nu> [3, n_ao, n_ao].
+        linear: the nuclei lie on the x axis (then _linear_azimuth_rotation picks the member of
+            the solution family, the same rotation for all spins).
+    Returns:
+        per spin, (orbitals [n_ao, n], estimated energies [n]).
+    """
+    localized = [_localize(mol, c, e, s1e) for c, e in spins]
+    rotation = _linear_azimuth_rotation(mol, localized, dip) if linear else None
+    if rotation is not None:  # estimated energies are invariant under the common rotation
+        localized = [(rotation @ c, e) for c, e in localized]
+    return [_sort_sign(c, e, dip) for c, e in localized]
 
 
 def build_pyscf_molecule(molecule: Molecule, basis: str = DEFAULT_BASIS):
@@ -543,22 +572,12 @@ def run_hartree_fock(
             dip = mol_can.intor_symmetric("int1e_r", comp=3)
         if restricted:
             occ = mf.mo_occ > 0
-            c_up, e_up = _localize_sort_sign(
-                mol_can, mf.mo_coeff[:, occ], mf.mo_energy[occ], s1e, dip, frame.linear
-            )
+            spins = [(mf.mo_coeff[:, occ], mf.mo_energy[occ])]
+            ((c_up, e_up),) = _localize_sort_sign(mol_can, spins, s1e, dip, frame.linear)
             c_dn, e_dn = c_up[:, : molecule.n_dn].copy(), e_up[: molecule.n_dn].copy()
         else:
-            (c_up, e_up), (c_dn, e_dn) = (
-                _localize_sort_sign(
-                    mol_can,
-                    mf.mo_coeff[s][:, mf.mo_occ[s] > 0],
-                    mf.mo_energy[s][mf.mo_occ[s] > 0],
-                    s1e,
-                    dip,
-                    frame.linear,
-                )
-                for s in (0, 1)
-            )
+            spins = [(mf.mo_coeff[s][:, mf.mo_occ[s] > 0], mf.mo_energy[s][mf.mo_occ[s] > 0]) for s in (0, 1)]
+            (c_up, e_up), (c_dn, e_dn) = _localize_sort_sign(mol_can, spins, s1e, dip, frame.linear)
         mol = build_pyscf_molecule(molecule, basis)
         to_input = _ao_frame_transform(mol_can, mol, frame.axes, frame.order)
         c_up, c_dn = to_input @ c_up, to_input @ c_dn
