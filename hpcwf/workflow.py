@@ -25,7 +25,7 @@ import numpy as np
 import tomli_w
 from flax import traverse_util
 
-from hpcwf.analysis.statistics import blocking_analysis
+from hpcwf.analysis.statistics import MonteCarloEstimate, multi_chain_statistics
 from hpcwf.errors import RunDivergedError, RunInterruptedError
 from hpcwf.hamiltonian import make_local_energy
 from hpcwf.io.checkpoint import (
@@ -729,10 +729,13 @@ class VMCTrainer:
 
 
 def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFlag, ctx: ParallelContext):
-    """Unclipped E_L over `evaluation.steps` samples per geometry with fixed parameters;
-    blocking error bars on the series of per-step walker means. Each rank evaluates its shard
-    (no collectives) starting from the trainer's walkers; rank 0 gets {index: result} of all
-    geometries, the other ranks None."""
+    """Unclipped E_L over `evaluation.steps` MCMC steps of every walker per geometry with fixed
+    parameters. Each walker is an independent Markov chain, so the error bar is the spread of
+    the per-walker means (`multi_chain_statistics`: right at any number of steps, also below
+    the autocorrelation time), with tau, split-R-hat and a blocking cross-check. Each rank
+    evaluates its shard (no collectives) starting from the trainer's walkers; rank 0 gets
+    {index: {key: value for every key of energy_log.EVALUATION_FIELDS}} of all geometries,
+    the other ranks None."""
     states = trainer.states
     sweep = make_mcmc_sweep(
         jax.vmap(trainer.log_abs_psi, (None, 0, None)),
@@ -745,37 +748,32 @@ def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFla
     @jax.jit
     def eval_step(params, geometry, walkers, key):
         walkers, pmove = sweep(params, geometry, walkers, key)
-        e = energies_fn(params, walkers.electrons, geometry)
-        return walkers, jnp.mean(e), jnp.var(e)
+        return walkers, energies_fn(params, walkers.electrons, geometry)
 
     results, lines = {}, {}
     log(f"evaluation: {cfg.evaluation.steps} steps per geometry")
     for s in systems:
         trainer.burn(params, s, cfg.evaluation.burn_in_steps, STAGE_EVAL)
         w = states[s.index].walkers
-        means, variances = [], []
+        local_energies = np.empty((cfg.evaluation.steps, w.electrons.shape[0]))  # [steps, walkers]
         for t in range(cfg.evaluation.steps):
-            w, m, v = eval_step(params, s.data, w, geometry_key(root, STAGE_EVAL, t, s.index))
-            means.append(float(m))
-            variances.append(float(v))
+            w, e = eval_step(params, s.data, w, geometry_key(root, STAGE_EVAL, t, s.index))
+            local_energies[t] = np.asarray(e)
             stop.check("during evaluation (training is checkpointed: a rerun re-evaluates)")
         states[s.index] = states[s.index].replace(walkers=w)
-        b = blocking_analysis(np.array(means))
+        b = multi_chain_statistics(local_energies)
         results[s.index] = {
             "energy": b.mean,
             "error": b.error,
-            "variance": float(np.mean(variances)),
+            "variance": b.variance,
             "autocorrelation_time": b.autocorrelation_time,
-            "n_samples": b.n_samples * w.electrons.shape[0],
+            "n_samples": b.n_samples,
+            "autocorrelation_time_lower_bound": b.autocorrelation_time_lower_bound,
+            "r_hat": b.r_hat,
+            "n_chains": b.n_chains,
+            "error_blocking": b.error_blocking,
         }
-        ref = (
-            ""
-            if s.reference is None
-            else f"  ref {s.reference:.5f}  diff {1000 * (b.mean - s.reference):+.2f} mHa"
-        )
-        lines[s.index] = (
-            f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {b.autocorrelation_time:.1f}{ref}"
-        )
+        lines[s.index] = _evaluation_line(s, b)
     parts = ctx.gather((results, lines))
     if not ctx.is_root:
         return None
@@ -786,3 +784,22 @@ def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFla
     for i in sorted(all_lines):
         log(all_lines[i])
     return merged
+
+
+R_HAT_WARNING = 1.1  # split-R-hat above this: walkers not equilibrated (Gelman et al., BDA3 11.4)
+
+
+def _evaluation_line(s: System, b: MonteCarloEstimate) -> str:
+    """`eval NAME E = ... +- ... Ha  tau ...  R-hat ...  [ref ... diff ... mHa]`; tau is shown
+    as '>x' when the evaluation was too short to resolve it."""
+    tau = (
+        f"{b.autocorrelation_time:.1f}"
+        if b.tau_resolved
+        else f">{b.autocorrelation_time_lower_bound:.1f} (unresolved)"
+    )
+    line = f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {tau}  R-hat {b.r_hat:.3f}"
+    if s.reference is not None:
+        line += f"  ref {s.reference:.5f}  diff {1000 * (b.mean - s.reference):+.2f} mHa"
+    if b.r_hat > R_HAT_WARNING:
+        line += "  (R-hat > 1.1: more evaluation.burn_in_steps / steps advised)"
+    return line

@@ -370,3 +370,22 @@ print("heavy modules:", loaded)
     assert proc.returncode == 0, proc.stderr
     assert "heavy modules: []" in proc.stdout
     assert (scan_run / "scan.png").stat().st_size > 0
+
+
+def test_unresolved_tau_and_evaluation_columns_of_older_files(capsys, evaluated_run):
+    """An evaluation too short to resolve tau shows '>bound' in the table (never a bare tau);
+    /evaluation of older files lacks the columns added with the multi-chain error bars."""
+    with h5py.File(evaluated_run / "energies.h5", "a") as f:
+        ev = f["evaluation"]
+        ev["autocorrelation_time"][0] = np.nan
+        ev["autocorrelation_time_lower_bound"][0] = 7.25
+    a = analyze_json(capsys, evaluated_run)[0]
+    assert a["autocorrelation_time"] is None and a["autocorrelation_time_lower_bound"] == 7.25
+    code, out, _ = run_cli(capsys, "analyze", str(evaluated_run))
+    assert code == 0 and " >7.2 " in out.splitlines()[1] and "too short to resolve" in out
+    with h5py.File(evaluated_run / "energies.h5", "a") as f:
+        for key in ("autocorrelation_time_lower_bound", "r_hat", "n_chains", "error_blocking"):
+            del f["evaluation"][key]
+    a, b, lih = analyze_json(capsys, evaluated_run)
+    assert a["energy"] == pytest.approx(H2_REF + 0.0005) and a["error"] == pytest.approx(0.0001)
+    assert a["r_hat"] is None and a["autocorrelation_time_lower_bound"] is None

@@ -126,6 +126,12 @@ def test_two_geometry_job_trains_and_evaluates(h2_run):
         assert np.all(np.isfinite(ev["energy"][:])) and np.all(ev["error"][:] > 0)
         # An untrained-ish H2 is still a bound molecule: well below two free electrons, above -1.3.
         assert np.all((ev["energy"][:] > -1.3) & (ev["energy"][:] < -0.8))
+        # Error bars from the 32 walkers' means; 8 steps cannot resolve tau: a lower bound only.
+        np.testing.assert_array_equal(ev["n_chains"][:], [32, 32])
+        np.testing.assert_array_equal(ev["n_samples"][:], [8 * 32, 8 * 32])
+        assert np.all(ev["r_hat"][:] > 1) and np.all(np.isfinite(ev["error_blocking"][:]))
+        assert np.all(np.isnan(ev["autocorrelation_time"][:]))
+        assert np.all(ev["autocorrelation_time_lower_bound"][:] > 0)
         # HF pre-training: one row per step with its geometry's loss (round-robin 0, 1, 0, ...).
         pre = f["pretrain"]
         np.testing.assert_array_equal(pre["step"][:], np.arange(10))
@@ -149,6 +155,7 @@ def test_analyze_json(h2_run):
     assert rows[0]["reference"] == pytest.approx(-1.1744757)
     assert rows[1]["reference"] is None
     assert all(isinstance(r["energy"], float) and r["error"] > 0 for r in rows)
+    assert all(r["autocorrelation_time"] is None and r["autocorrelation_time_lower_bound"] for r in rows)
 
 
 def _write_h2_job(path, run_dir, extra=""):

@@ -11,12 +11,20 @@ energies in Hartree (Ha):
                           "train" (no evaluation of this geometry yet: the mean of the last
                           training steps, see below) or null (no data yet)
     energy                E (Ha)
-    error                 its standard error (Ha): blocking analysis
+    error                 its standard error (Ha): for "evaluation" the spread of the per-walker
+                          means (`statistics.multi_chain_statistics`), for "train" the windowed
+                          autocorrelation estimate (`statistics.single_series_statistics`)
     reference             reference energy (Ha), null if unknown
     error_mha             E - reference (mHa)
     variance              variance of the local energy (Ha^2)
-    autocorrelation_time  statistical inefficiency tau of the averaged series: MCMC samples for
-                          "evaluation", training steps for "train"
+    autocorrelation_time  statistical inefficiency tau of the averaged series: MCMC steps for
+                          "evaluation", training steps for "train"; null when the series was too
+                          short to resolve it
+    autocorrelation_time_lower_bound  when tau is unresolved, what the series showed of it
+                          (the true tau is larger; the error accounts for that), else null
+    r_hat                 split-R-hat of the evaluation's walkers (~1 + tau / steps when they are
+                          equilibrated; > 1.1: too few evaluation steps or burn-in), null for
+                          "train" and for files written before it was stored
     n_samples             number of values averaged: evaluation samples, or training steps in
                           the window for "train"
     steps_trained         number of optimization steps that trained this geometry so far
@@ -25,7 +33,7 @@ energies in Hartree (Ha):
 
 "train" (live runs): the per-step training energies (the mean over ranks where several ranks
 train the geometry in a step) of the geometry's last 20 % of steps, at least 1 and at most 200
-(`run_data.WINDOW_*`), averaged; the error is the blocking error of that window. It is a
+(`run_data.WINDOW_*`), averaged; the error is the single-series error of that window. It is a
 statistical error only: while the optimization still improves the wavefunction, the mean lies
 above the converged energy by more than that error.
 """
@@ -41,12 +49,13 @@ from pathlib import Path
 import numpy as np
 
 from hpcwf.analysis.run_data import RunData, RunDirError, read_run, window_length
-from hpcwf.analysis.statistics import blocking_analysis
+from hpcwf.analysis.statistics import single_series_statistics
 
 __all__ = [
     "KEYS",
     "RunDirError",
     "format_table",
+    "format_tau",
     "format_value",
     "geometry_results",
     "results_from_data",
@@ -65,6 +74,8 @@ KEYS: tuple[str, ...] = (
     "error_mha",
     "variance",
     "autocorrelation_time",
+    "autocorrelation_time_lower_bound",
+    "r_hat",
     "n_samples",
     "steps_trained",
     "pretrain_loss",
@@ -106,17 +117,20 @@ def results_from_data(data: RunData) -> list[dict]:
                 error=_finite_or_none(ev["error"][i]),
                 variance=_finite_or_none(ev["variance"][i]),
                 autocorrelation_time=_finite_or_none(ev["autocorrelation_time"][i]),
+                autocorrelation_time_lower_bound=_finite_or_none(ev["autocorrelation_time_lower_bound"][i]),
+                r_hat=_finite_or_none(ev["r_hat"][i]),
                 n_samples=int(ev["n_samples"][i]),
             )
         elif np.any(np.isfinite(energies)):
             window = slice(steps.size - window_length(steps.size), None)
-            stats = blocking_analysis(energies[window])
+            stats = single_series_statistics(energies[window])
             row.update(
                 source=SOURCE_TRAIN,
                 energy=_finite_or_none(stats.mean),
                 error=_finite_or_none(stats.error),
                 variance=_final_mean(data, "train", "variance", i),
                 autocorrelation_time=_finite_or_none(stats.autocorrelation_time),
+                autocorrelation_time_lower_bound=_finite_or_none(stats.autocorrelation_time_lower_bound),
                 n_samples=stats.n_samples,
             )
         if row["energy"] is not None and row["reference"] is not None:
@@ -138,6 +152,14 @@ def format_value(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def format_tau(row: dict) -> str:
+    """The autocorrelation time of a row: "9.1", ">7.0" when only a lower bound is known, or
+    "-"."""
+    if row["autocorrelation_time"] is None and row.get("autocorrelation_time_lower_bound") is not None:
+        return ">" + format(row["autocorrelation_time_lower_bound"], ".1f")
+    return format_value(row["autocorrelation_time"], ".1f")
+
+
 def format_table(rows: list[dict]) -> str:
     """Fixed-width text table of `geometry_results` rows, with a note when some energies come
     from training (no evaluation yet)."""
@@ -154,11 +176,18 @@ def format_table(rows: list[dict]) -> str:
             f"{format_value(r['reference'], '.6f'):>13}",
             f"{format_value(r['error_mha'], '+.2f'):>12}",
             f"{format_value(r['variance'], '.4f'):>10}",
-            f"{format_value(r['autocorrelation_time'], '.1f'):>6}",
+            f"{format_tau(r):>6}",
             f"{r['steps_trained']:>7} ",
             r["source"] or "-",
         ]
         lines.append(" ".join(cells))
+    if any(
+        r["autocorrelation_time"] is None and r["autocorrelation_time_lower_bound"] is not None for r in rows
+    ):
+        lines.append(
+            "tau >x: the series was too short to resolve the autocorrelation time (x is what it "
+            "showed); the error bar accounts for that"
+        )
     if any(r["source"] == SOURCE_TRAIN for r in rows):
         lines.append(
             "source train: not evaluated yet; mean of the last training steps (biased high while "

@@ -34,6 +34,8 @@ WINDOW_MAX_STEPS = 200
 _TRAIN_COLUMNS = ("step", "geometry", "energy", "variance")
 _PRETRAIN_COLUMNS = ("step", "geometry", "loss")
 _EVALUATION_COLUMNS = ("energy", "error", "variance", "autocorrelation_time", "n_samples")
+# Columns added later: NaN (n_chains: 0) when an older file lacks them.
+_OPTIONAL_EVALUATION_COLUMNS = ("autocorrelation_time_lower_bound", "r_hat", "n_chains", "error_blocking")
 
 
 class RunDirError(InputError):
@@ -47,7 +49,9 @@ class RunData:
     names, group: per geometry; reference (Ha) and scan_coordinate (units of the job file) per
     geometry, NaN = unknown / not a scan. train: equal-length columns step, geometry, energy (Ha),
     variance (Ha^2), one row per (step, rank). evaluation: per-geometry columns energy, error,
-    variance, autocorrelation_time, n_samples, or None before evaluation. pretrain: columns step,
+    variance, autocorrelation_time, n_samples, autocorrelation_time_lower_bound, r_hat,
+    n_chains, error_blocking (`hpcwf.io.energy_log`; the last four NaN / 0 in files written
+    before they existed), or None before evaluation. pretrain: columns step,
     geometry, loss (bohr^-3), or None when the run has no pre-training rows.
     """
 
@@ -155,6 +159,9 @@ def _read(run_dir: Path, path: Path) -> RunData:
             if missing:
                 raise RunDirError(f"{path}: /evaluation lacks {', '.join(missing)}")
             evaluation = {k: ev[k][:] for k in _EVALUATION_COLUMNS}
+            for k in _OPTIONAL_EVALUATION_COLUMNS:
+                missing_value = np.zeros(n, np.int64) if k == "n_chains" else np.full(n, np.nan)
+                evaluation[k] = ev[k][:] if k in ev else missing_value
             if any(v.shape != (n,) for v in evaluation.values()):
                 raise RunDirError(f"{path}: /evaluation does not have one entry per geometry")
     if len(group) != n or reference.shape != (n,) or scan.shape != (n,):

@@ -11,8 +11,15 @@ Layout:
                  in the global update: waiting for the other ranks, all-reduce and K-FAC inverse;
                  NaN for a skipped update), n_nonfinite (walkers with non-finite E_L)
                  Under MPI every step has one row per rank, gathered by rank 0.
-    /evaluation  per geometry: energy, error, variance, autocorrelation_time, n_samples
-                 (NaN / 0 where a geometry was not evaluated); attrs: steps
+    /evaluation  per geometry (NaN / 0 where a geometry was not evaluated; attrs: steps):
+                 energy (Ha), error (its standard error, Ha: the spread of the per-walker means,
+                 `hpcwf.analysis.statistics.multi_chain_statistics`), variance (of E_L, Ha^2),
+                 autocorrelation_time (statistical inefficiency tau in MCMC steps; NaN when the
+                 evaluation was too short to resolve it), autocorrelation_time_lower_bound (then
+                 what it showed of tau; NaN when resolved), r_hat (split-R-hat of the walkers),
+                 n_samples (steps x walkers), n_chains (walkers), error_blocking (cross-check:
+                 blocking error of the per-step walker means, Ha). Files written before
+                 autocorrelation_time_lower_bound .. error_blocking existed lack those columns.
     /pretrain    equal-length 1-D datasets, one row per (HF pre-training step, rank): step,
                  geometry, loss (that rank's HF pre-training loss on its own geometry at the
                  parameters before the step's update: mean squared difference of network and HF
@@ -49,7 +56,18 @@ TRAIN_FIELDS: dict[str, type] = {
     "n_nonfinite": np.int32,
 }
 PRETRAIN_FIELDS: dict[str, type] = {"step": np.int64, "geometry": np.int32, "loss": np.float64}
-EVALUATION_FIELDS = ("energy", "error", "variance", "autocorrelation_time", "n_samples")
+EVALUATION_FIELDS = (
+    "energy",
+    "error",
+    "variance",
+    "autocorrelation_time",
+    "n_samples",
+    "autocorrelation_time_lower_bound",
+    "r_hat",
+    "n_chains",
+    "error_blocking",
+)
+_INTEGER_EVALUATION_FIELDS = ("n_samples", "n_chains")
 
 
 def _require_columns(group: h5py.Group, fields: dict[str, type]) -> None:
@@ -131,15 +149,15 @@ class EnergyLog:
                 train[name].resize((keep,))
 
     def write_evaluation(self, results: dict[int, dict], n_geometries: int, steps: int) -> None:
-        """results: geometry index -> {energy, error, variance, autocorrelation_time, n_samples}."""
+        """results: geometry index -> {key: value for every key of EVALUATION_FIELDS}."""
         with h5py.File(self.path, "a") as f:
             if "evaluation" in f:
                 del f["evaluation"]
             g = f.create_group("evaluation")
             g.attrs["steps"] = steps
             for key in EVALUATION_FIELDS:
-                fill = 0 if key == "n_samples" else np.nan
-                data = np.full(n_geometries, fill, np.int64 if key == "n_samples" else np.float64)
+                integer = key in _INTEGER_EVALUATION_FIELDS
+                data = np.full(n_geometries, 0 if integer else np.nan, np.int64 if integer else np.float64)
                 for i, res in results.items():
                     data[i] = res[key]
                 g.create_dataset(key, data=data)
