@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Energy accuracy and speed of hpcwf on H2 and LiH (model S, one process).
 
-Prints, per system: steps, evaluated energy +- blocking error, reference, error (mHa),
+Prints, per system: steps, evaluated energy +- its error (from the spread of the per-walker
+means; tau NaN when the evaluation could not resolve it), reference, error (mHa),
 seconds per optimization step (median over steps, compile excluded), wall time of the whole
 job, compile+burn-in time (first step) and peak resident memory of the job's process.
 Each system runs as its own `hpcwf run` subprocess so memory and time are its own.
