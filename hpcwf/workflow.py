@@ -34,8 +34,10 @@ from hpcwf.io.checkpoint import (
     checkpoint_has_optimizer_state,
     checkpoint_path,
     latest_valid_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     load_params,
+    read_checkpoint_config,
     resolve_init_checkpoint,
     save_checkpoint,
     save_params,
@@ -193,28 +195,117 @@ def stage_key(root: jax.Array, stage: int, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(root, stage), step)
 
 
-def _check_run_dir(cfg: JobConfig, out: Path) -> None:
-    """Refuses an output dir holding a run of a DIFFERENT job (other geometries, HF settings or
-    model); a run of the same job is resumed instead. Step counts may differ (extending a run)."""
+# Settings a resumed run must share with the run in its dir: job key -> (why, whether the run's
+# parameters can seed a new run of this job via [init] mode = "finetune"). Everything else may
+# change on resume (README "Restarting"): steps, schedules, [mcmc], [scheduler], [checkpoint],
+# [evaluation], [pretraining] (over once a checkpoint exists), the HF cache path, the rank count.
+_FIXED_ON_RESUME: dict[str, tuple[str, bool]] = {
+    "seed": ("a resumed run continues the random numbers of its seed", True),
+    "hartree_fock.basis": ("the descriptors, and so the parameter shapes, depend on it", False),
+    "hartree_fock.elements": ("the descriptor layout, and so the parameter shapes, depend on it", False),
+    "model.size": ("its parameters have the shapes of that model", False),
+    "model.orbitals": ("its parameters have the shapes of that model", False),
+    "model.n_determinants": ("its parameters have the shapes of that model", False),
+    "optimization.batch_size": ("its checkpoints hold that many walkers per geometry", True),
+    "optimization.optimizer": ("its checkpoints hold that optimizer's state", True),
+    "init.mode": ("the learning-rate schedule depends on it", False),
+}
+_GEOMETRY_IDENTITY = ("name", "atoms", "charge", "spin")  # annotations (reference, group) may change
+
+
+def _toml_repr(value) -> str:
+    return tomli_w.dumps({"v": value}).strip()[len("v = ") :]
+
+
+def _way_out(cfg: JobConfig, run: Path, keep: str, finetune: bool) -> str:
+    text = f"keep {keep} to resume it, or set another [output] dir for a new run"
+    if finetune and not cfg.init.checkpoint:
+        text += f' (with [init] checkpoint = "{run}" and mode = "finetune" it starts from its parameters)'
+    return text
+
+
+def _compare_with_run(cfg: JobConfig, old: dict, where: str, out: Path) -> None:
+    """ConfigError naming the first setting in which `cfg` differs from the run described by
+    `where` whose resolved config is `old`, and the way out (`out`: what [init] checkpoint
+    would name). Keys that `old` lacks (written by an older hpcwf) are not compared."""
+    new = config_to_dict(cfg)
+    if "geometry" in old:
+        olds, news = old["geometry"], new["geometry"]
+        if len(olds) != len(news):
+            raise ConfigError(
+                cfg.job_file,
+                "geometry",
+                f"this job has {len(news)} geometries, {where} {len(olds)}; "
+                + _way_out(cfg, out, "its geometries", True),
+            )
+        for i, (a, b) in enumerate(zip(olds, news, strict=True)):
+            differ = [k for k in _GEOMETRY_IDENTITY if a.get(k) != b.get(k)]
+            if differ:
+                raise ConfigError(
+                    cfg.job_file,
+                    f"geometry[{i}]",
+                    f"{b['name']!r} differs in {', '.join(differ)} from geometry {i} {a.get('name')!r} "
+                    f"of {where}; " + _way_out(cfg, out, "its geometries", True),
+                )
+    for key, (why, finetune) in _FIXED_ON_RESUME.items():
+        path = key.split(".")
+        a, b = old, new
+        for part in path:
+            a = a.get(part) if isinstance(a, dict) else None
+            b = b[part]
+        if a is not None and a != b:
+            raise ConfigError(
+                cfg.job_file,
+                key,
+                f"{_toml_repr(b)} here, but {where} has {_toml_repr(a)}: {why}; "
+                + _way_out(cfg, out, f"{path[-1]} = {_toml_repr(a)}", finetune),
+            )
+    started_from = old.get("init", {}).get("checkpoint")
+    if started_from is not None and bool(started_from) != bool(cfg.init.checkpoint):
+        was = f"started from [init] checkpoint {started_from!r}" if started_from else "started from scratch"
+        raise ConfigError(
+            cfg.job_file,
+            "init.checkpoint",
+            f"{where} {was} (its learning-rate schedule depends on that); "
+            + _way_out(cfg, out, f"checkpoint = {_toml_repr(started_from)}", False),
+        )
+
+
+def _holds_checkpoints(out: Path) -> bool:
+    """True once a run dir holds state worth protecting: a checkpoint or final parameters.
+    Before that (HF, pre-training) a rerun starts over anyway, so any job may take the dir."""
+    return bool(list_checkpoints(out / "checkpoints")) or (out / "checkpoints" / "params.h5").exists()
+
+
+def _check_run_dir(cfg: JobConfig, out: Path, log: Callable) -> None:
+    """Refuses, before anything is written, a run dir whose checkpoints belong to a run that
+    this job cannot continue (see _FIXED_ON_RESUME), or that holds an energies.h5 of unknown
+    origin. A dir without checkpoints (a run that failed in HF or pre-training) is taken over."""
     previous = out / "config.toml"
     if not previous.exists():
-        if (out / "energies.h5").exists():
-            raise ConfigError(cfg.job_file, "output.dir", f"{out} holds energies.h5 but no config.toml")
+        if (out / "energies.h5").exists() and not _holds_checkpoints(out):
+            raise ConfigError(
+                cfg.job_file,
+                "output.dir",
+                f"{out} holds energies.h5 but no config.toml (not a run of hpcwf's, or its config "
+                "was removed); set another [output] dir, or remove that energies.h5",
+            )
+        return  # a checkpoint's own config is compared by _resume_point
+    if not _holds_checkpoints(out):
+        log(f"note: {out} holds no checkpoint yet; this job starts over in it")
         return
     import tomllib
 
     try:
         old = tomllib.loads(previous.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(str(previous), "<toml>", f"unreadable resolved config ({err})") from err
-    new = config_to_dict(cfg)
-    for section in ("geometry", "hartree_fock", "model"):
-        if old.get(section) != new.get(section):
-            raise ConfigError(
-                cfg.job_file,
-                "output.dir",
-                f"{out} holds a run of a different job ([{section}] differs); choose another dir",
-            )
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(
+            cfg.job_file,
+            "output.dir",
+            f"{previous} is unreadable ({err}); restore it (every checkpoint holds a copy: "
+            "hpcwf inspect), or set another [output] dir",
+        ) from err
+    _compare_with_run(cfg, old, f"the run in {out} (config.toml)", out)
 
 
 def geometry_key(root: jax.Array, stage: int, step: int, index: int) -> jax.Array:
@@ -223,11 +314,43 @@ def geometry_key(root: jax.Array, stage: int, step: int, index: int) -> jax.Arra
 
 
 def _resume_point(cfg: JobConfig, out: Path, restart: str | None, log: Callable) -> Path | None:
-    """Checks the run dir and returns the checkpoint to resume from (None: fresh start)."""
-    _check_run_dir(cfg, out)
-    resume_path = Path(restart) if restart else latest_valid_checkpoint(out / "checkpoints", log)
+    """Checks the run dir and returns the checkpoint to resume from (None: fresh start).
+    Everything a resume needs to agree with is compared here, before anything is written."""
+    _check_run_dir(cfg, out, log)
+    if restart:
+        resume_path = Path(restart)
+        try:
+            verify_checkpoint(resume_path)
+        except CheckpointError as err:
+            raise ConfigError(
+                cfg.job_file,
+                "--restart",
+                f"{err}; name a valid checkpoint, or leave --restart out to resume from the newest "
+                f"valid one in {out / 'checkpoints'}",
+            ) from err
+    else:
+        resume_path = latest_valid_checkpoint(out / "checkpoints", log)
+        if resume_path is None and _holds_checkpoints(out) and not (out / "config.toml").exists():
+            raise ConfigError(
+                cfg.job_file,
+                "output.dir",
+                f"{out} holds checkpoints/params.h5 but no config.toml, so its job is unknown; "
+                "set another [output] dir",
+            )
     if resume_path is not None:
-        verify_checkpoint(resume_path)
+        import tomllib
+
+        source = "--restart" if restart else "output.dir"
+        try:
+            old = tomllib.loads(read_checkpoint_config(resume_path))
+        except (CheckpointError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(
+                cfg.job_file,
+                source,
+                f"{resume_path}: no readable job config ({err}); set another [output] dir",
+            ) from err
+        where = f"the checkpoint {resume_path}" if restart else f"the run in {out} ({resume_path.name})"
+        _compare_with_run(cfg, old, where, resume_path if restart else out)
     return resume_path
 
 
@@ -258,23 +381,33 @@ def run_job(
     resume_path = ctx.root_decides(lambda: _resume_point(cfg, out, restart, log))
     shards = _shard(cfg, ctx)
     my_indices = shards[ctx.rank]
-    if cfg.optimization.batch_size % ctx.n_local_devices:
-        raise ConfigError(
-            cfg.job_file,
-            "optimization.batch_size",
-            f"{cfg.optimization.batch_size} walkers cannot be split over {ctx.n_local_devices} devices",
-        )
+    for key, n in (
+        ("optimization.batch_size", cfg.optimization.batch_size),
+        ("pretraining.batch_size", cfg.pretraining.batch_size),
+    ):
+        if n % ctx.n_local_devices:  # each rank splits its walkers evenly over its devices
+            raise ConfigError(
+                cfg.job_file,
+                key,
+                f"{n} walkers cannot be split evenly over the {ctx.n_local_devices} devices of a "
+                f"rank: use a multiple of {ctx.n_local_devices}",
+            )
 
     model = make_model(cfg)
     root = jax.random.PRNGKey(cfg.seed)
     # A run dir names its newest valid checkpoint, chosen once, by rank 0, for every rank.
     init_file = ctx.root_decides(
-        lambda: str(resolve_init_checkpoint(cfg.init.checkpoint, log)) if cfg.init.checkpoint else None
+        lambda: _init_checkpoint_of(cfg, lambda: resolve_init_checkpoint(cfg.init.checkpoint, log))
     )
     # Parameters (and an [init] checkpoint's fit to this model) are settled on rank 0 before
     # anything is written, then broadcast, so every rank starts from the same numbers.
     params = ctx.root_decides(
-        lambda: jax.device_get(_initial_params(cfg, model, root, init_file if resume_path is None else None))
+        lambda: _init_checkpoint_of(
+            cfg,
+            lambda: jax.device_get(
+                _initial_params(cfg, model, root, init_file if resume_path is None else None)
+            ),
+        )
     )
     params = ctx.local_replicated(params)
 
@@ -303,7 +436,10 @@ def run_job(
         log(f"resumed from {resume_path} at step {trainer.step}")
     else:
         if energy_log is not None:
-            energy_log.truncate(0)  # a run that died before its first checkpoint starts over
+            # A run that died before its first checkpoint (or another job's) starts over: no
+            # row of that attempt may remain, pre-training rows included.
+            energy_log.truncate(0)
+            energy_log.start_pretrain()
         if init_file:
             log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
         walkers = {
@@ -333,6 +469,23 @@ def run_job(
             energy_log.write_evaluation(results, len(cfg.geometries), cfg.evaluation.steps)
     ctx.barrier()  # no rank reports success before rank 0 has written everything
     return out
+
+
+def _init_checkpoint_of(cfg: JobConfig, fn: Callable):
+    """fn() (None without an [init] checkpoint), its CheckpointError reported as a ConfigError
+    that names init.checkpoint and the way out."""
+    if not cfg.init.checkpoint:
+        return None
+    try:
+        result = fn()
+    except CheckpointError as err:
+        raise ConfigError(
+            cfg.job_file,
+            "init.checkpoint",
+            f"{err}; name a valid checkpoint (or run dir) of a run with this job's [model] and "
+            "[hartree_fock] basis and elements, or leave it empty to start from scratch",
+        ) from err
+    return str(result) if isinstance(result, Path) else result
 
 
 def _quiet(*args, **kwargs) -> None:

@@ -581,6 +581,22 @@ def load_checkpoint(path: str | Path, templates: dict) -> Checkpoint:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
 
 
+def read_checkpoint_config(path: str | Path) -> str:
+    """The resolved job configuration (TOML text) stored in a full checkpoint, read without
+    templates or checksum verification (call `verify_checkpoint` first where it matters).
+    Raises CheckpointError if the file cannot be read or holds none."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if "config_toml" not in f:
+                raise CheckpointError(f"{path}: no config_toml (not a full hpcwf checkpoint)")
+            return _read_string(f["config_toml"])
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
+
+
 def _group_nbytes(obj) -> int:
     if isinstance(obj, h5py.Dataset):
         return int(obj.id.get_storage_size())

@@ -28,6 +28,7 @@ import tomli_w
 import tomllib
 
 from hpcwf.errors import InputError
+from hpcwf.systems import basis_sets
 from hpcwf.systems.molecule import ELEMENTS, Molecule, MoleculeError
 
 __all__ = [
@@ -411,6 +412,86 @@ def _parse_geometries(
     return out
 
 
+def _basis_name_hint(basis: str) -> str:
+    """ " (did you mean ...?)" from pyscf's table of basis names, or ""."""
+    from pyscf.gto import basis as pyscf_basis
+
+    # pyscf looks names up lower-cased without "-", "_" and spaces; compare in that form.
+    close = difflib.get_close_matches(
+        basis.lower().replace("-", "").replace("_", "").replace(" ", ""), list(pyscf_basis.ALIAS), n=3
+    )
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _check_basis(hf: HartreeFockConfig, entries: list[tuple[Molecule, str, str]], file: str) -> None:
+    """What pyscf and the descriptor layout would reject at HF time, caught before anything
+    runs: an unknown basis name, a basis lacking one of the listed elements, shells beyond the
+    highest angular momentum hpcwf evaluates, and more electrons of one spin than the molecule
+    has basis functions (pyscf: "Failed to assign mo_occ")."""
+    basis, elements = hf.basis, hf.elements
+    missing = basis_sets.missing_elements(basis, elements)
+    if missing and not basis_sets.is_known_basis(basis):
+        raise ConfigError(
+            file,
+            "hartree_fock.basis",
+            f"unknown basis set {basis!r}: pyscf has it for none of {', '.join(ELEMENTS)}"
+            f"{_basis_name_hint(basis)}",
+        )
+    used: dict[str, str] = {}  # element -> first geometry holding it
+    for mol, _, gkey in entries:
+        for sym in mol.symbols:
+            used.setdefault(sym, f"{gkey} {mol.name!r}")
+    for el, reason in missing.items():
+        if el in used:
+            raise ConfigError(
+                file,
+                "hartree_fock.basis",
+                f"basis set {basis!r} lacks {el}, which {used[el]} holds ({reason}); "
+                "choose a basis set that covers every element of hartree_fock.elements",
+            )
+    if missing:  # only elements no geometry holds are left
+        el, reason = next(iter(missing.items()))
+        raise ConfigError(
+            file,
+            f"hartree_fock.elements[{elements.index(el)}]",
+            f"basis set {basis!r} (hartree_fock.basis) lacks {el} ({reason}), and the descriptor "
+            f"layout needs functions for every listed element: remove {el!r} from the list "
+            "(parameters of runs with another list do not fit) or choose another basis set",
+        )
+    for el, where in used.items():
+        l_max = basis_sets.element_basis(basis, el).max_angular_momentum
+        if l_max > basis_sets.MAX_ANGULAR_MOMENTUM:
+            limit = basis_sets.MAX_ANGULAR_MOMENTUM
+            raise ConfigError(
+                file,
+                "hartree_fock.basis",
+                f"basis set {basis!r} has {basis_sets.shell_letter(l_max)} functions (l = {l_max}) on {el}, "
+                f"which {where} holds; hpcwf evaluates Gaussians up to l = {limit} "
+                f"({basis_sets.shell_letter(limit)}): choose a smaller basis set",
+            )
+    for mol, gfile, gkey in entries:
+        _check_occupations(mol, basis, gfile, gkey)
+
+
+def _check_occupations(mol: Molecule, basis: str, file: str, gkey: str) -> None:
+    """n_up and n_dn must each fit into the molecule's basis functions (one orbital per
+    electron of a spin); the key is `spin` when a lower spin would fit, else `charge`."""
+    n_functions = basis_sets.molecule_function_count(basis, mol.symbols)
+    if mol.n_up <= n_functions:  # n_dn <= n_up always (spin >= 0)
+        return
+    lowest_n_up = (mol.n_electrons + mol.n_electrons % 2) // 2
+    key = "spin" if lowest_n_up <= n_functions else "charge"
+    fix = "lower spin" if key == "spin" else "raise charge (fewer electrons)"
+    raise ConfigError(
+        file,
+        f"{gkey}.{key}",
+        f"{mol.name!r} has n_up = {mol.n_up} electrons of spin up (spin {mol.spin}, "
+        f"{mol.n_electrons} electrons), but basis set {basis!r} has {n_functions} Cartesian "
+        f"functions on it, so at most {n_functions} electrons per spin fit; {fix} or use a "
+        "larger hartree_fock.basis",
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
@@ -487,6 +568,24 @@ def load_job(path: str | os.PathLike) -> JobConfig:
                 f"duplicate geometry name {mol.name!r} (first used by {first_seen[mol.name]})",
             )
         first_seen[mol.name] = gkey
+    _check_basis(parsed["hartree_fock"], entries, file)
+    if parsed["model"].orbitals == "backflow":
+        shapes = {m.shape_key for m, _, _ in entries}
+        if len(shapes) > 1:
+            raise ConfigError(
+                file,
+                "model.orbitals",
+                "'backflow' needs every geometry to have the same (n_up, n_dn, n_atoms), this job has "
+                f"{', '.join(map(str, sorted(shapes)))}: use 'tao' or one shape per job",
+            )
+    pretraining, optimization = parsed["pretraining"], parsed["optimization"]
+    if pretraining.batch_size > optimization.batch_size:
+        raise ConfigError(
+            file,
+            "pretraining.batch_size",
+            f"{pretraining.batch_size} walkers, but pre-training samples from the "
+            f"{optimization.batch_size} walkers of optimization.batch_size: use at most that (0 = all)",
+        )
 
     init = parsed["init"]
     if init.checkpoint and not Path(init.checkpoint).exists():

@@ -16,9 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from hpcwf.systems.basis_sets import MAX_ANGULAR_MOMENTUM
+
 # Largest Cartesian exponent (per axis) evaluate_aos supports: g functions. Fixed rather than read
-# from the basis so that the basis stays a pure-array pytree (no shape-dependent static fields).
-MAX_POWER = 4
+# from the basis so that the basis stays a pure-array pytree (no shape-dependent static fields);
+# job validation (basis_sets) rejects basis sets beyond it before anything runs.
+MAX_POWER = MAX_ANGULAR_MOMENTUM
 
 # basis_from_pyscf checks that pyscf's functions are a constant multiple of ours to this
 # relative accuracy; anything worse means an AO-ordering or convention mismatch.
