@@ -217,6 +217,12 @@ def _toml_repr(value) -> str:
     return tomli_w.dumps({"v": value}).strip()[len("v = ") :]
 
 
+def _setting(path: list[str], value) -> str:
+    """How the setting reads in a job file: `[section] key = value` or `key = value`."""
+    text = f"{path[-1]} = {_toml_repr(value)}"
+    return f"[{path[0]}] {text}" if len(path) > 1 else text
+
+
 def _way_out(cfg: JobConfig, run: Path, keep: str, finetune: bool) -> str:
     text = f"keep {keep} to resume it, or set another [output] dir for a new run"
     if finetune and not cfg.init.checkpoint:
@@ -247,6 +253,15 @@ def _compare_with_run(cfg: JobConfig, old: dict, where: str, out: Path) -> None:
                     f"{b['name']!r} differs in {', '.join(differ)} from geometry {i} {a.get('name')!r} "
                     f"of {where}; " + _way_out(cfg, out, "its geometries", True),
                 )
+    started_from = old.get("init", {}).get("checkpoint")
+    if started_from is not None and bool(started_from) != bool(cfg.init.checkpoint):
+        was = f"started from [init] checkpoint {started_from!r}" if started_from else "started from scratch"
+        raise ConfigError(
+            cfg.job_file,
+            "init.checkpoint",
+            f"{where} {was} (its learning-rate schedule depends on that); "
+            + _way_out(cfg, out, _setting(["init", "checkpoint"], started_from), False),
+        )
     for key, (why, finetune) in _FIXED_ON_RESUME.items():
         path = key.split(".")
         a, b = old, new
@@ -258,17 +273,8 @@ def _compare_with_run(cfg: JobConfig, old: dict, where: str, out: Path) -> None:
                 cfg.job_file,
                 key,
                 f"{_toml_repr(b)} here, but {where} has {_toml_repr(a)}: {why}; "
-                + _way_out(cfg, out, f"{path[-1]} = {_toml_repr(a)}", finetune),
+                + _way_out(cfg, out, _setting(path, a), finetune),
             )
-    started_from = old.get("init", {}).get("checkpoint")
-    if started_from is not None and bool(started_from) != bool(cfg.init.checkpoint):
-        was = f"started from [init] checkpoint {started_from!r}" if started_from else "started from scratch"
-        raise ConfigError(
-            cfg.job_file,
-            "init.checkpoint",
-            f"{where} {was} (its learning-rate schedule depends on that); "
-            + _way_out(cfg, out, f"checkpoint = {_toml_repr(started_from)}", False),
-        )
 
 
 def _holds_checkpoints(out: Path) -> bool:
@@ -281,6 +287,8 @@ def _check_run_dir(cfg: JobConfig, out: Path, log: Callable) -> None:
     """Refuses, before anything is written, a run dir whose checkpoints belong to a run that
     this job cannot continue (see _FIXED_ON_RESUME), or that holds an energies.h5 of unknown
     origin. A dir without checkpoints (a run that failed in HF or pre-training) is taken over."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(cfg.job_file, "output.dir", f"{out} is a file, not a directory: set another [output] dir")
     previous = out / "config.toml"
     if not previous.exists():
         if (out / "energies.h5").exists() and not _holds_checkpoints(out):
@@ -302,8 +310,8 @@ def _check_run_dir(cfg: JobConfig, out: Path, log: Callable) -> None:
         raise ConfigError(
             cfg.job_file,
             "output.dir",
-            f"{previous} is unreadable ({err}); restore it (every checkpoint holds a copy: "
-            "hpcwf inspect), or set another [output] dir",
+            f"{previous} is unreadable ({err}); restore it, remove it (the job stored in the "
+            "newest checkpoint is then compared instead), or set another [output] dir",
         ) from err
     _compare_with_run(cfg, old, f"the run in {out} (config.toml)", out)
 
@@ -397,7 +405,10 @@ def run_job(
     root = jax.random.PRNGKey(cfg.seed)
     # A run dir names its newest valid checkpoint, chosen once, by rank 0, for every rank.
     init_file = ctx.root_decides(
-        lambda: _init_checkpoint_of(cfg, lambda: resolve_init_checkpoint(cfg.init.checkpoint, log))
+        lambda: _init_checkpoint_of(
+            cfg,
+            lambda: resolve_init_checkpoint(cfg.init.checkpoint, log) if cfg.init.checkpoint else None,
+        )
     )
     # Parameters (and an [init] checkpoint's fit to this model) are settled on rank 0 before
     # anything is written, then broadcast, so every rank starts from the same numbers.
@@ -472,10 +483,8 @@ def run_job(
 
 
 def _init_checkpoint_of(cfg: JobConfig, fn: Callable):
-    """fn() (None without an [init] checkpoint), its CheckpointError reported as a ConfigError
+    """fn(), its CheckpointError (from reading the [init] checkpoint) reported as a ConfigError
     that names init.checkpoint and the way out."""
-    if not cfg.init.checkpoint:
-        return None
     try:
         result = fn()
     except CheckpointError as err:
