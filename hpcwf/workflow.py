@@ -288,7 +288,7 @@ def _check_run_dir(cfg: JobConfig, out: Path, log: Callable) -> None:
     this job cannot continue (see _FIXED_ON_RESUME), or that holds an energies.h5 of unknown
     origin. A dir without checkpoints (a run that failed in HF or pre-training) is taken over."""
     if out.exists() and not out.is_dir():
-        raise ConfigError(cfg.job_file, "output.dir", f"{out} is a file, not a directory: set another [output] dir")
+        raise ConfigError(cfg.job_file, "output.dir", f"{out} is a file, not a directory; set another one")
     previous = out / "config.toml"
     if not previous.exists():
         if (out / "energies.h5").exists() and not _holds_checkpoints(out):
