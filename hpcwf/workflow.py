@@ -169,14 +169,22 @@ def params_metadata(cfg: JobConfig) -> dict:
     }
 
 
-def restore_params(path: str, template, cfg: JobConfig):
-    """Loads parameters from `path` into the structure of `template`; CheckpointError if they
-    do not fit (other model size, orbitals or descriptor layout)."""
+def read_init_params(path: str | Path, cfg: JobConfig) -> dict:
+    """The parameters stored in `path` (nested dicts of numpy arrays); CheckpointError if the
+    file is unreadable or was written for another model size, orbital type, number of
+    determinants, basis or element list (no jax work: a quick check before anything runs)."""
     loaded, meta = load_params(path)
     expected = params_metadata(cfg)
     for key in ("model_size", "orbitals", "n_determinants", "basis", "elements"):
         if key in meta and str(meta[key]) != str(expected[key]):
             raise CheckpointError(f"{path}: {key} is {meta[key]!r} but this job has {expected[key]!r}")
+    return loaded
+
+
+def restore_params(path: str, template, cfg: JobConfig):
+    """Loads parameters from `path` into the structure of `template`; CheckpointError if they
+    do not fit (other model size, orbitals or descriptor layout)."""
+    loaded = read_init_params(path, cfg)
     flat_template = traverse_util.flatten_dict(template)
     flat_loaded = traverse_util.flatten_dict(loaded)
     if set(flat_template) != set(flat_loaded):
@@ -407,7 +415,7 @@ def run_job(
     init_file = ctx.root_decides(
         lambda: _init_checkpoint_of(
             cfg,
-            lambda: resolve_init_checkpoint(cfg.init.checkpoint, log) if cfg.init.checkpoint else None,
+            lambda: _checked_init_checkpoint(cfg, log) if cfg.init.checkpoint else None,
         )
     )
     # Parameters (and an [init] checkpoint's fit to this model) are settled on rank 0 before
@@ -480,6 +488,13 @@ def run_job(
             energy_log.write_evaluation(results, len(cfg.geometries), cfg.evaluation.steps)
     ctx.barrier()  # no rank reports success before rank 0 has written everything
     return out
+
+
+def _checked_init_checkpoint(cfg: JobConfig, log: Callable) -> Path:
+    """The [init] checkpoint file, read once to refuse a bad one before any compilation."""
+    path = resolve_init_checkpoint(cfg.init.checkpoint, log)
+    read_init_params(path, cfg)
+    return path
 
 
 def _init_checkpoint_of(cfg: JobConfig, fn: Callable):

@@ -1,5 +1,6 @@
 """Bad input through the real CLI: one line `error: <file>: <key>: ...`, exit 2, nothing written."""
 
+import json
 import subprocess
 import sys
 
@@ -23,6 +24,16 @@ CASES = {
         "geometry[0].atoms[1]",
     ),
     "missing_checkpoint": (LIH + '[init]\ncheckpoint = "nope.h5"\n', "init.checkpoint"),
+    # Rejected by pyscf at HF time before: a traceback after config.toml was written.
+    "occupation_beyond_basis": (
+        '[[geometry]]\nname = "He"\natoms = [["He", 0, 0, 0]]\nspin = 2\n',
+        "geometry[0].spin",
+    ),
+    "unknown_basis": (LIH + '[hartree_fock]\nbasis = "STO-7G"\n', "hartree_fock.basis"),
+    "basis_lacks_element": (
+        '[[geometry]]\nname = "He"\natoms = [["He", 0, 0, 0]]\n[hartree_fock]\nbasis = "lanl2dz"\n',
+        "hartree_fock.basis",
+    ),
 }
 
 
@@ -46,6 +57,35 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, case):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_check_catches_what_pyscf_would_reject_without_jax(tmp_path):
+    """`hpcwf check` (jax unimportable, as on a login node) refuses what `run` used to die on
+    in pyscf: one line naming the key, exit 2 (~2 s)."""
+    jobs = {case: tmp_path / f"{case}.toml" for case in ("occupation_beyond_basis", "unknown_basis")}
+    for case, job in jobs.items():
+        job.write_text(CASES[case][0])
+    (tmp_path / "ok.toml").write_text(LIH.replace("3.015", "3.0") + '[hartree_fock]\nbasis = "6-31G"\n')
+    code = f"""
+import contextlib, io, json, sys
+sys.modules["jax"] = None
+from hpcwf.cli import main
+results = {{}}
+for case, job in {[(c, str(j)) for c, j in jobs.items()]!r} + [("ok", {str(tmp_path / "ok.toml")!r})]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        results[case] = [main(["check", job]), err.getvalue()]
+print(json.dumps(results))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.splitlines()[-1])
+    for case, job in jobs.items():
+        code, err = results[case]
+        assert code == 2
+        assert err.startswith(f"error: {job}: {CASES[case][1]}: ") and err.count("\n") == 1, err
+    assert results["ok"] == [0, ""]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*(f"{c}.toml" for c in jobs), "ok.toml"])
+
+
 def test_corrupt_init_checkpoint(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not an hdf5 file")
@@ -53,7 +93,7 @@ def test_corrupt_init_checkpoint(tmp_path):
     job.write_text(LIH + f'[init]\ncheckpoint = "{bad}"\n[output]\ndir = "{tmp_path / "run"}"\n')
     proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.startswith(f"error: {bad}")
+    assert proc.stderr.startswith(f"error: {job}: init.checkpoint: {bad}")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 

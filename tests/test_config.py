@@ -448,3 +448,111 @@ def test_groups_select_one_task_of_an_array(tmp_path):
 def test_bad_scan_coordinate_names_the_key(tmp_path):
     err = error_of(tmp_path, LIH + 'scan_coordinate = "far"\n')
     assert err.key == "geometry[0].scan_coordinate"
+
+
+# ------------------------------------------------- what pyscf would reject at HF time
+
+
+def atom_job(atoms: str, spin: str = "", charge: str = "", hf: str = "") -> str:
+    return f'{hf}\n[[geometry]]\nname = "m"\natoms = {atoms}\n{spin}\n{charge}\n'
+
+
+HE = '[["He", 0.0, 0.0, 0.0]]'
+H2 = '[["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]]'
+HE2 = '[["He", 0.0, 0.0, 0.0], ["He", 3.0, 0.0, 0.0]]'
+
+# (atoms, spin, charge, basis) -> the key refused, or None. Cartesian functions: STO-6G has 1 on
+# H/He and 5 (1s 2s 2p) on Li-Ne, 6-31G has 2 on He; n_up <= functions is what pyscf can occupy.
+OCCUPATIONS = {
+    "He spin 2 STO-6G": (HE, 2, 0, "STO-6G", "geometry[0].spin"),
+    "He spin 2 6-31G": (HE, 2, 0, "6-31G", None),
+    "H2 spin 2 STO-6G (n_up = functions)": (H2, 2, 0, "STO-6G", None),
+    "He2 spin 4 STO-6G": (HE2, 4, 0, "STO-6G", "geometry[0].spin"),
+    "He2 spin 2 STO-6G": (HE2, 2, 0, "STO-6G", "geometry[0].spin"),
+    "He2 spin 0 STO-6G (all functions filled)": (HE2, 0, 0, "STO-6G", None),
+    "Li spin 3 STO-6G": ('[["Li", 0.0, 0.0, 0.0]]', 3, 0, "STO-6G", None),
+    "N spin 3 STO-6G": ('[["N", 0.0, 0.0, 0.0]]', 3, 0, "STO-6G", None),
+    "N spin 5 STO-6G": ('[["N", 0.0, 0.0, 0.0]]', 5, 0, "STO-6G", "geometry[0].spin"),
+    "H charge -2 STO-6G (no spin fits)": ('[["H", 0.0, 0.0, 0.0]]', 1, -2, "STO-6G", "geometry[0].charge"),
+    "H charge -1 STO-6G": ('[["H", 0.0, 0.0, 0.0]]', 0, -1, "STO-6G", None),
+}
+
+
+def occupation_job(case: str) -> str:
+    atoms, spin, charge, basis, _ = OCCUPATIONS[case]
+    return atom_job(atoms, f"spin = {spin}", f"charge = {charge}", f'[hartree_fock]\nbasis = "{basis}"')
+
+
+@pytest.mark.parametrize("case", sorted(OCCUPATIONS))
+def test_occupations_the_basis_cannot_hold(tmp_path, case):
+    key = OCCUPATIONS[case][-1]
+    if key is None:
+        load_text(tmp_path, occupation_job(case))
+    else:
+        err = error_of(tmp_path, occupation_job(case))
+        assert err.key == key
+        assert f"basis set {OCCUPATIONS[case][3]!r}" in err.message
+
+
+def test_occupation_rule_agrees_with_pyscf(tmp_path):
+    """What validation accepts, pyscf's HF runs; what it refuses, pyscf refuses too (~2 s)."""
+    from hpcwf.systems.hartree_fock import run_hartree_fock
+    from hpcwf.systems.molecule import Molecule
+
+    for case, (atoms, spin, charge, basis, key) in OCCUPATIONS.items():
+        mol = Molecule.create(case, tomllib.loads(f"a = {atoms}")["a"], charge=charge, spin=spin)
+        if key is None:
+            assert run_hartree_fock(mol, basis).mo_coeff_up.shape[1] == mol.n_up, case
+        else:
+            with pytest.raises(RuntimeError, match="mo_occ"):
+                run_hartree_fock(mol, basis)
+
+
+def test_occupation_error_in_a_dataset_names_its_file(tmp_path):
+    write(tmp_path / "data.toml", atom_job(HE, "spin = 2"))
+    err = error_of(tmp_path, 'dataset = "data.toml"\n' + LIH)
+    assert (err.file, err.key) == (str(tmp_path / "data.toml"), "dataset:geometry[0].spin")
+
+
+@pytest.mark.parametrize(
+    "basis, element, n",
+    [("STO-6G", "H", 1), ("STO-6G", "He", 1), ("STO-6G", "Li", 5), ("STO-6G", "Ne", 5),
+     ("6-31G", "Li", 9), ("cc-pVDZ", "H", 5), ("cc-pVDZ", "C", 15)],
+)  # fmt: skip
+def test_cartesian_function_counts(basis, element, n):
+    """Cartesian shells: p has 3 functions, d 6 (cc-pVDZ C: 3s 2p 1d = 3 + 6 + 6, not 14)."""
+    from hpcwf.systems import basis_sets
+
+    assert basis_sets.element_basis(basis, element).n_functions == n
+
+
+@pytest.mark.parametrize(
+    "basis, elements, atoms, key, words",
+    [
+        ("STO-7G", None, HE, "hartree_fock.basis", ["unknown basis set 'STO-7G'", "sto6g"]),
+        ("sto-6g@x", None, HE, "hartree_fock.basis", ["unknown basis set"]),
+        # lanl2dz has H and Li-Ne but no He
+        ("lanl2dz", None, HE, "hartree_fock.basis", ["lacks He", "geometry[0] 'm'"]),
+        ("lanl2dz", None, H2, "hartree_fock.elements[1]", ["lacks He", "descriptor layout"]),
+        ("lanl2dz", '["H", "Li"]', H2, None, []),
+        # cc-pV5Z: g functions on H (fine), h functions on Li (beyond what hpcwf evaluates)
+        ("cc-pV5Z", '["H", "Li"]', '[["Li", 0.0, 0.0, 0.0], ["H", 3.0, 0.0, 0.0]]', "hartree_fock.basis",
+         ["h functions (l = 5) on Li"]),
+        ("cc-pV5Z", '["H", "Li"]', H2, None, []),
+    ],
+)  # fmt: skip
+def test_basis_sets_pyscf_would_reject(tmp_path, basis, elements, atoms, key, words):
+    hf = f'[hartree_fock]\nbasis = "{basis}"\n' + (f"elements = {elements}\n" if elements else "")
+    if key is None:
+        load_text(tmp_path, atom_job(atoms, hf=hf))
+        return
+    err = error_of(tmp_path, atom_job(atoms, hf=hf))
+    assert err.key == key
+    for word in words:
+        assert word in err.message
+
+
+def test_pretraining_batch_beyond_the_walkers(tmp_path):
+    text = LIH + "[optimization]\nbatch_size = 64\n[pretraining]\nbatch_size = "
+    assert load_text(tmp_path, text + "64\n").pretraining.batch_size == 64
+    assert error_of(tmp_path, text + "65\n").key == "pretraining.batch_size"

@@ -526,7 +526,9 @@ def load_job(path: str | os.PathLike) -> JobConfig:
     Relative paths: `dataset` is resolved against the job file's directory (datasets travel
     with job files); `init.checkpoint` and `output.dir` are relative to the current working
     directory (checkpoints are produced under output directories, which live there).
-    Nothing is written to disk.
+    Everything pyscf would reject at HF time is rejected here (`_check_basis`: unknown basis
+    name, basis lacking an element, shells beyond g, more electrons of one spin than basis
+    functions), using pyscf's basis library (no jax). Nothing is written to disk.
     """
     path = Path(path)
     file = str(path)
@@ -569,15 +571,6 @@ def load_job(path: str | os.PathLike) -> JobConfig:
             )
         first_seen[mol.name] = gkey
     _check_basis(parsed["hartree_fock"], entries, file)
-    if parsed["model"].orbitals == "backflow":
-        shapes = {m.shape_key for m, _, _ in entries}
-        if len(shapes) > 1:
-            raise ConfigError(
-                file,
-                "model.orbitals",
-                "'backflow' needs every geometry to have the same (n_up, n_dn, n_atoms), this job has "
-                f"{', '.join(map(str, sorted(shapes)))}: use 'tao' or one shape per job",
-            )
     pretraining, optimization = parsed["pretraining"], parsed["optimization"]
     if pretraining.batch_size > optimization.batch_size:
         raise ConfigError(
