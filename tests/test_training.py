@@ -1,5 +1,6 @@
 """End-to-end physics: VMC of the HF determinant, MCMC, blocking, a 2-geometry H2 job."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tomllib
 
 from hpcwf.analysis.statistics import blocking_analysis
 from hpcwf.hamiltonian import make_local_energy
@@ -265,15 +267,136 @@ def test_resume_is_exact_and_skips_a_corrupt_newest_checkpoint(h2_run, tmp_path)
         np.testing.assert_array_equal(b["train/energy"][:], a["train/energy"][:])
 
 
-def test_run_dir_of_a_different_job_is_refused(h2_run):
+def _digests(root):
+    """{relative path: sha256} of every file under root."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# Changes a run dir with checkpoints refuses: (edit of H2_JOB, key named, words of the message).
+REFUSED_CHANGES = {
+    "batch size": (
+        ("batch_size = 32", "batch_size = 64"),
+        "optimization.batch_size",
+        ["64 here", "has 32", "[optimization] batch_size = 32", "[output] dir", 'mode = "finetune"'],
+    ),
+    "geometry": (("1.6, 0.0, 0.0", "1.7, 0.0, 0.0"), "geometry[1]", ["'H2_b'", "atoms", "[output] dir"]),
+    "model": (
+        ("n_determinants = 2", "n_determinants = 1"), "model.n_determinants", ["[model] n_determinants = 2"]
+    ),
+    "seed": (("seed = 1", "seed = 2"), "seed", ["keep seed = 1"]),
+    "optimizer": (
+        ("batch_size = 32", 'batch_size = 32\noptimizer = "adam"'), "optimization.optimizer", ['"kfac"']
+    ),
+    "basis": (("[model]", '[hartree_fock]\nbasis = "6-31G"\n[model]'), "hartree_fock.basis", ['"STO-6G"']),
+    "init": (("[model]", '[init]\ncheckpoint = "{run}"\n[model]'), "init.checkpoint", ["from scratch"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("change", sorted(REFUSED_CHANGES))
+def test_refused_change_writes_nothing_and_names_the_key(h2_run, capsys, change):
+    """A job the run in its dir cannot continue: one `error:` line naming the key and the way
+    out, the run dir byte for byte untouched (in-process CLI, < 1 s each)."""
+    from hpcwf.cli import main
+
     run, _ = h2_run
-    job = run.parent / "other.toml"
-    job.write_text(H2_JOB.format(dir=run).replace("n_determinants = 2", "n_determinants = 1"))
-    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith(f"error: {job}: output.dir: ") and "[model]" in proc.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    (old, new), key, words = REFUSED_CHANGES[change]
+    job = run.parent / "changed.toml"
+    text = H2_JOB.format(dir=run)
+    assert old in text
+    job.write_text(text.replace(old, new.format(run=run), 1))
+    before = _digests(run)
+    assert main(["run", str(job)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {job}: {key}: "), lines
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert _digests(run) == before
+
+
+def test_restart_from_a_missing_checkpoint_names_the_option(h2_run, capsys):
+    from hpcwf.cli import main
+
+    run, _ = h2_run
+    job = run.parent / "same.toml"
+    job.write_text(H2_JOB.format(dir=run))
+    before = _digests(run)
+    assert main(["run", str(job), "--restart", str(run / "nope.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {job}: --restart: {run / 'nope.h5'}: file not found")
+    assert err.count("\n") == 1
+    assert _digests(run) == before
+
+
+def test_changes_a_resume_accepts(h2_run, tmp_path):
+    """Steps, schedules, sampling, pre-training, evaluation, checkpointing, the HF cache path
+    and geometry annotations may change: the run dir's newest checkpoint is resumed."""
+    from hpcwf.io.config import load_job
+    from hpcwf.workflow import _resume_point
+
+    run, _ = h2_run
+    newest = sorted((run / "checkpoints").glob("ckpt_*.h5"))[-1]
+    edits = [
+        ("steps = 12", "steps = 20"),
+        ("batch_size = 32", "batch_size = 32\nlearning_rate = 0.05"),
+        ("steps_per_update = 3", "steps_per_update = 5"),
+        ("[pretraining]\nsteps = 10", "[pretraining]\nsteps = 50\nbatch_size = 16"),
+        ("[evaluation]\nsteps = 8", "[evaluation]\nsteps = 100"),
+        ("reference_energy = -1.1744757", 'reference_energy = -1.17\ngroup = "H2"\nscan_coordinate = 1.4'),
+        ("[model]", f'[hartree_fock]\ncache = "{tmp_path / "hf.h5"}"\n[model]'),
+        ("[model]", "[checkpoint]\nevery_steps = 5\n[model]"),
+    ]
+    text = H2_JOB.format(dir=run)
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new, 1)
+    job = tmp_path / "extended.toml"
+    job.write_text(text)
+    assert _resume_point(load_job(job), run, None, print) == newest
+
+
+def test_run_killed_before_its_first_checkpoint_can_be_corrected(tmp_path):
+    """A run that dies before its first checkpoint (here: SIGKILL right after HF, as a crash
+    in HF or pre-training would) leaves config.toml and the HF cache, but nothing that blocks
+    the corrected job: that one starts over in the same dir (~15 s)."""
+    import os
+    import signal
+
+    run = tmp_path / "run"
+    job = tmp_path / "job.toml"
+    text = H2_JOB.format(dir=run)
+    job.write_text(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcwf", "run", str(job)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    for line in proc.stdout:
+        if line.startswith("HF "):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert (run / "config.toml").exists() and not list((run / "checkpoints").glob("*.h5"))
+
+    # The corrected job: another model; no pre-training, steps or evaluation (cheap).
+    corrected = (
+        text.replace("n_determinants = 2", "n_determinants = 1")
+        .replace("[pretraining]\nsteps = 10", "[pretraining]\nsteps = 0")
+        .replace("steps = 12", "steps = 0")
+        .replace("[evaluation]\nsteps = 8", "[evaluation]\nsteps = 0")
+    )
+    job.write_text(corrected)
+    second = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "starts over" in second.stdout and "cached" in second.stdout  # the HF cache is reused
+    assert tomllib.loads((run / "config.toml").read_text())["model"]["n_determinants"] == 1
+    assert (run / "checkpoints" / "params.h5").exists()
 
 
 def test_inspect_verifies_checksum(h2_run, tmp_path):
