@@ -44,7 +44,8 @@ from hpcwf.io.checkpoint import (
     verify_checkpoint,
 )
 from hpcwf.io.config import ConfigError, JobConfig, config_to_dict, write_resolved_config
-from hpcwf.io.energy_log import EnergyLog
+from hpcwf.io.energy_log import EnergyLog, damage_reason
+from hpcwf.io.h5files import forced_locking_problem
 from hpcwf.mcmc import WalkerState, init_walkers, initial_electrons, make_mcmc_sweep
 from hpcwf.model.geometry import GeometryData, geometry_data
 from hpcwf.model.wavefunction import (
@@ -131,9 +132,10 @@ def prepare_systems(
         )
     gathered = ctx.gather((computed, lines))
     if ctx.is_root:
-        for part_computed, part_lines in gathered:
-            for i, hf in part_computed.items():
-                cache.store(cfg.geometries[i], basis, elements, hf)
+        cache.store_many(
+            [(cfg.geometries[i], basis, elements, hf) for part, _ in gathered for i, hf in part.items()]
+        )
+        for _, part_lines in gathered:
             for i in sorted(part_lines):
                 log(part_lines[i])
     systems = []
@@ -332,6 +334,9 @@ def geometry_key(root: jax.Array, stage: int, step: int, index: int) -> jax.Arra
 def _resume_point(cfg: JobConfig, out: Path, restart: str | None, log: Callable) -> Path | None:
     """Checks the run dir and returns the checkpoint to resume from (None: fresh start).
     Everything a resume needs to agree with is compared here, before anything is written."""
+    locking = forced_locking_problem(out)
+    if locking is not None:
+        raise ConfigError(cfg.job_file, "output.dir", locking)
     _check_run_dir(cfg, out, log)
     if restart:
         resume_path = Path(restart)
@@ -367,6 +372,14 @@ def _resume_point(cfg: JobConfig, out: Path, restart: str | None, log: Callable)
             ) from err
         where = f"the checkpoint {resume_path}" if restart else f"the run in {out} ({resume_path.name})"
         _compare_with_run(cfg, old, where, resume_path if restart else out)
+        damage = damage_reason(out / "energies.h5")  # a fresh start replaces the file anyway
+        if damage is not None:
+            raise ConfigError(
+                cfg.job_file,
+                "output.dir",
+                f"{out / 'energies.h5'} is damaged ({damage}); restore it, or move it aside to "
+                "continue without the rows logged so far, or set another [output] dir",
+            )
     return resume_path
 
 
@@ -606,7 +619,7 @@ def pretrain(
                 f"pmove {float(pmove):.2f}  {(time.perf_counter() - t0) / (t + 1):.3f} s/step"
             )
             if energy_log is not None:
-                energy_log.flush()  # readable by h5py while pre-training runs
+                energy_log.maybe_flush()  # readable by h5py while pre-training runs
     # Pre-trained walkers (HF distribution) replace the first n starting positions.
     sampled = {i: electrons[i].copy() for i in electrons}
     for i, w in walkers.items():
@@ -862,7 +875,7 @@ class VMCTrainer:
                 self._progress(stats, s, batch.electrons.shape[0], window, rows)
                 window.clear()
                 if energy_log is not None:
-                    energy_log.flush()  # readable by h5py while the run is live
+                    energy_log.maybe_flush()  # readable by h5py while the run is live
             due = (every_steps and self.step % every_steps == 0) or time_due
             diverged = consecutive_skips >= MAX_CONSECUTIVE_SKIPS
             if due or self.step == o.steps or stopping or diverged:

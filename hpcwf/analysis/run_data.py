@@ -4,11 +4,12 @@ h5py and numpy only (no jax, no mpi4py): runs on login nodes. The layout is docu
 `hpcwf.io.energy_log`; this reader also accepts older files without /geometries/group and
 /geometries/scan_coordinate, and files of a live run:
 
-- the file is opened read-only without HDF5 file locking, so that reading never makes the
-  running job's next flush fail (a held read lock would);
-- the writer opens and closes the file on every flush and grows the /train (/pretrain) columns
-  one after another, so a read that meets a half-written flush is retried, and the columns are
-  cut to their common length (rows of a flush still in progress are dropped).
+- the file is opened read-only without HDF5 file locking (`hpcwf.io.h5files.open_h5`), so
+  reading works on file systems without locks;
+- the writer replaces the file atomically at every flush (`hpcwf.io.energy_log`), so a read
+  sees one complete version. Runs of older hpcwf versions wrote the file in place, growing the
+  /train (/pretrain) columns one after another: a read that fails is therefore retried, and the
+  columns are cut to their common length (rows of a flush still in progress are dropped).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import h5py
 import numpy as np
 
 from hpcwf.errors import InputError
+from hpcwf.io.h5files import open_h5
 
 ENERGIES_FILE = "energies.h5"
 READ_ATTEMPTS = 3  # tries to read a file that a live run may be writing
@@ -133,7 +135,7 @@ def read_run(run_dir: str | Path) -> RunData:
 
 
 def _read(run_dir: Path, path: Path) -> RunData:
-    with h5py.File(path, "r", locking=False) as f:
+    with open_h5(path) as f:
         fmt = f.attrs.get("format")
         if fmt is not None and _text(fmt) != "hpcwf-energies":
             raise RunDirError(f"{path}: not an hpcwf energies file (format {_text(fmt)!r})")

@@ -26,7 +26,10 @@ dict-of-dicts can be rebuilt without a template); the group has attr `n_leaves`.
 
 Both kinds are written atomically (temporary file `.<name>.tmp<pid>` in the same directory,
 fsync, os.replace, fsync of the directory) so a crash never leaves a half-written file under the
-final name. Checkpoint directories hold `ckpt_<step:09d>.h5` files (`checkpoint_path`,
+final name, and a file under its final name is never modified: a reader (another job's `[init]
+checkpoint`, `hpcwf inspect`, h5py with default locking) cannot disturb the writer. All files
+are opened without HDF5 file locking (`hpcwf.io.h5files`), so lock-less file systems work.
+Checkpoint directories hold `ckpt_<step:09d>.h5` files (`checkpoint_path`,
 `list_checkpoints`, `latest_valid_checkpoint`, `apply_retention`).
 """
 
@@ -39,7 +42,6 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +53,7 @@ import numpy as np
 
 import hpcwf
 from hpcwf.errors import InputError
+from hpcwf.io.h5files import open_h5, replace_h5
 
 FORMAT_PARAMS = "hpcwf-params"
 FORMAT_CHECKPOINT = "hpcwf-checkpoint"
@@ -97,39 +100,13 @@ def _read_tree(group: h5py.Group) -> dict:
     }
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform/filesystem (e.g. Windows).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _atomic_h5(path: Path) -> Iterator[h5py.File]:
     """Yields an h5py.File open for writing on `.<name>.tmp<pid>` next to `path`; on success
-    the file is fsynced and renamed to `path`, on any exception it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-        # h5py closes (and flushes its buffers to the OS) above; fsync pushes them to disk
-        # before the rename makes the file visible under its final name.
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    the file is fsynced and renamed to `path`, on any exception it is removed
+    (`hpcwf.io.h5files.replace_h5`: no file locks, so lock-less file systems work too)."""
+    with replace_h5(path) as f:
+        yield f
 
 
 def save_params(path: str | Path, params, metadata: dict) -> None:
@@ -153,7 +130,7 @@ def load_params(path: str | Path, *, verify: bool = True) -> tuple[dict, dict]:
     if verify and _file_format(path) == FORMAT_CHECKPOINT:
         verify_checkpoint(path)
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if "params" not in f:
                 raise CheckpointError(f"{path}: no 'params' group (not an hpcwf checkpoint)")
             attrs = dict(f.attrs)
@@ -168,7 +145,7 @@ def load_params(path: str | Path, *, verify: bool = True) -> tuple[dict, dict]:
 
 def _file_format(path: Path) -> str | None:
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             fmt = f.attrs.get("format")
     except (OSError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
@@ -484,7 +461,7 @@ def _verify_reason(path: Path) -> str | None:
     if not path.is_file():
         return "file not found"
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             fmt = f.attrs.get("format")
             if fmt != FORMAT_CHECKPOINT:
                 return f"not a full hpcwf checkpoint (format {fmt!r})"
@@ -503,7 +480,7 @@ def _verify_reason(path: Path) -> str | None:
 
 def checkpoint_has_optimizer_state(path: str | Path) -> bool:
     """True if the full checkpoint at `path` stores an optimizer state."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return "optimizer" in f
 
 
@@ -539,7 +516,7 @@ def load_checkpoint(path: str | Path, templates: dict) -> Checkpoint:
     path = Path(path)
     verify_checkpoint(path)
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             params_template = templates.get("params")
             if params_template is None:
                 params = _read_pytree_as_dict(f["params"], path)
@@ -587,7 +564,7 @@ def read_checkpoint_config(path: str | Path) -> str:
     Raises CheckpointError if the file cannot be read or holds none."""
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if "config_toml" not in f:
                 raise CheckpointError(f"{path}: no config_toml (not a full hpcwf checkpoint)")
             return _read_string(f["config_toml"])
@@ -622,7 +599,7 @@ def read_checkpoint_summary(path: str | Path) -> dict:
     """
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
             fmt = attrs.get("format")
             sizes = {name: _group_nbytes(item) for name, item in f.items()}

@@ -27,16 +27,24 @@ Layout:
                  Empty when the run had no pre-training. Pre-training is not resumable: the group
                  is emptied when pre-training (re)starts.
 Energies in Hartree.
+
+Writing: only `EnergyLog` (rank 0 of the run) writes the file, and never in place: each flush
+renames a complete new version over it (`hpcwf.io.h5files.replace_h5`). Readers need no
+coordination with the run: any open (h5py with or without locking, h5dump, a notebook holding
+the file for hours) sees one complete version, the one current when it opened the file;
+reopening shows the newer rows. Pass `locking=False` to read on file systems without locks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from hpcwf.io.h5files import open_h5, replace_h5
 from hpcwf.systems.molecule import Molecule
 
 TRAIN_FIELDS: dict[str, type] = {
@@ -68,6 +76,8 @@ EVALUATION_FIELDS = (
     "error_blocking",
 )
 _INTEGER_EVALUATION_FIELDS = ("n_samples", "n_chains")
+# `EnergyLog.maybe_flush` spends at most this share of the wall time on publishing new versions.
+PUBLISH_TIME_SHARE = 0.02
 
 
 def _require_columns(group: h5py.Group, fields: dict[str, type]) -> None:
@@ -77,36 +87,86 @@ def _require_columns(group: h5py.Group, fields: dict[str, type]) -> None:
             group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
 
 
+def damage_reason(path: str | Path) -> str | None:
+    """Why the energies file at `path` cannot be continued (one line), or None when it is fine
+    or does not exist. Reads every dataset, so a truncated or damaged file is found before a
+    run appends to it."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with open_h5(path) as f:
+            fmt = f.attrs.get("format")
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode(errors="replace")
+            if fmt is not None and fmt != "hpcwf-energies":
+                return f"not an hpcwf energies file (format {fmt!r})"
+            lengths = set()
+            for name in TRAIN_FIELDS:
+                if "train" in f and name in f["train"]:
+                    lengths.add(f["train"][name][:].shape[0])
+            if len(lengths) > 1:
+                return "/train columns differ in length"
+            f.visititems(lambda _, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
+    except Exception as err:  # h5py reports damage as OSError, KeyError, ValueError, ...
+        return f"unreadable: {' '.join(str(err).split())}"
+    return None
+
+
 class EnergyLog:
-    """Appends training and pre-training rows and stores evaluation results. Rows are buffered
-    in memory and written by `flush()` (call it at least at every checkpoint)."""
+    """Appends training and pre-training rows and stores evaluation results.
+
+    Rows are buffered in memory. `flush()` writes them: it publishes a new version of the file
+    (a copy of the current one with the rows appended, renamed over it; see
+    `hpcwf.io.h5files`), so a reader never blocks the run, never sees a half-written flush,
+    and keeps the version it opened. Call `flush()` at least at every checkpoint, so the file
+    holds every row up to the checkpoint's step; `maybe_flush()` is for progress updates: it
+    skips (keeping the rows) while publishing would take more than `PUBLISH_TIME_SHARE` of the
+    wall time, which bounds the cost of the copies when the log grows large. A failed write
+    (e.g. a full disk) leaves the previous version in place and the rows buffered.
+    """
 
     def __init__(self, path: str | Path, geometries: Sequence[Molecule]):
         self.path = Path(path)
         self._buffer: list[dict] = []
         self._pretrain_buffer: list[dict] = []
-        with h5py.File(self.path, "a") as f:
+        self._last_cost = 0.0  # duration (s) of the last publication
+        self._last_end = -np.inf  # time.monotonic() when it ended
+
+        def nan_if_none(x):
+            return np.nan if x is None else x
+
+        columns = {
+            "names": np.array([m.name for m in geometries], dtype=h5py.string_dtype()),
+            "reference_energy": np.array([nan_if_none(m.reference_energy) for m in geometries], np.float64),
+            "group": np.array([m.group_name for m in geometries], dtype=h5py.string_dtype()),
+            "scan_coordinate": np.array([nan_if_none(m.scan_coordinate) for m in geometries], np.float64),
+        }
+
+        def init(f: h5py.File) -> None:
             f.attrs["format"] = "hpcwf-energies"
             f.attrs["version"] = 1
             g = f.require_group("geometries")
-
-            def nan_if_none(x):
-                return np.nan if x is None else x
-
-            columns = {
-                "names": np.array([m.name for m in geometries], dtype=h5py.string_dtype()),
-                "reference_energy": np.array(
-                    [nan_if_none(m.reference_energy) for m in geometries], np.float64
-                ),
-                "group": np.array([m.group_name for m in geometries], dtype=h5py.string_dtype()),
-                "scan_coordinate": np.array([nan_if_none(m.scan_coordinate) for m in geometries], np.float64),
-            }
             for key, data in columns.items():
                 if key in g:
                     del g[key]
                 g.create_dataset(key, data=data)
             for group, fields in (("train", TRAIN_FIELDS), ("pretrain", PRETRAIN_FIELDS)):
                 _require_columns(f.require_group(group), fields)
+
+        # A damaged file is replaced by a fresh one: callers never resume into it (the run
+        # refuses to, workflow._resume_point), and a run that starts over drops its rows anyway.
+        self._publish(init, fresh=damage_reason(self.path) is not None)
+
+    def _publish(self, *edits: Callable[[h5py.File], None], fresh: bool = False) -> None:
+        """One new version of the file: the current one (an empty one if `fresh`) with `edits`
+        applied in order."""
+        t0 = time.monotonic()
+        with replace_h5(self.path, edit=not fresh) as f:
+            for edit in edits:
+                edit(f)
+        self._last_end = time.monotonic()
+        self._last_cost = self._last_end - t0
 
     def append(self, **row) -> None:
         self._buffer.append(row)
@@ -117,40 +177,60 @@ class EnergyLog:
     def start_pretrain(self) -> None:
         """Empties /pretrain: a restarted pre-training starts over, so its old rows are stale."""
         self._pretrain_buffer.clear()
-        with h5py.File(self.path, "a") as f:
+
+        def reset(f: h5py.File) -> None:
             if "pretrain" in f:
                 del f["pretrain"]
             _require_columns(f.create_group("pretrain"), PRETRAIN_FIELDS)
 
-    def flush(self) -> None:
+        self._publish(reset)
+
+    def _append_buffered(self, f: h5py.File) -> None:
         for group, fields, buffer in (
             ("train", TRAIN_FIELDS, self._buffer),
             ("pretrain", PRETRAIN_FIELDS, self._pretrain_buffer),
         ):
             if not buffer:
                 continue
-            with h5py.File(self.path, "a") as f:
-                columns = f[group]
-                n_old = columns["step"].shape[0]
-                n_new = n_old + len(buffer)
-                for name, dtype in fields.items():
-                    values = np.array([row.get(name, np.nan) for row in buffer], dtype=dtype)
-                    columns[name].resize((n_new,))
-                    columns[name][n_old:] = values
-            buffer.clear()
+            columns = f[group]
+            n_old = columns["step"].shape[0]
+            n_new = n_old + len(buffer)
+            for name, dtype in fields.items():
+                values = np.array([row.get(name, np.nan) for row in buffer], dtype=dtype)
+                columns[name].resize((n_new,))
+                columns[name][n_old:] = values
+
+    def _publish_buffered(self, *more: Callable[[h5py.File], None]) -> None:
+        self._publish(self._append_buffered, *more)
+        self._buffer.clear()  # only once the version holding them is in place
+        self._pretrain_buffer.clear()
+
+    def flush(self) -> None:
+        """Writes the buffered rows now (a new version of the file)."""
+        if self._buffer or self._pretrain_buffer:
+            self._publish_buffered()
+
+    def maybe_flush(self) -> None:
+        """`flush()`, unless the previous one ended less than its duration / PUBLISH_TIME_SHARE
+        ago (the rows stay buffered for a later flush)."""
+        if time.monotonic() - self._last_end >= self._last_cost / PUBLISH_TIME_SHARE:
+            self.flush()
 
     def truncate(self, n_steps: int) -> None:
         """Drops every row with step >= n_steps (used when resuming from a checkpoint)."""
-        self.flush()
-        with h5py.File(self.path, "a") as f:
+
+        def cut(f: h5py.File) -> None:
             train = f["train"]
             keep = int(np.sum(train["step"][:] < n_steps))
             for name in TRAIN_FIELDS:
                 train[name].resize((keep,))
 
+        self._publish_buffered(cut)
+
     def write_evaluation(self, results: dict[int, dict], n_geometries: int, steps: int) -> None:
         """results: geometry index -> {key: value for every key of EVALUATION_FIELDS}."""
-        with h5py.File(self.path, "a") as f:
+
+        def store(f: h5py.File) -> None:
             if "evaluation" in f:
                 del f["evaluation"]
             g = f.create_group("evaluation")
@@ -161,3 +241,5 @@ class EnergyLog:
                 for i, res in results.items():
                     data[i] = res[key]
                 g.create_dataset(key, data=data)
+
+        self._publish_buffered(store)

@@ -31,6 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from hpcwf.io.h5files import open_h5, replace_h5
 from hpcwf.systems.gaussian_basis import GaussianBasis, _cartesian_powers, basis_from_pyscf
 from hpcwf.systems.molecule import ELEMENTS, Molecule
 
@@ -505,6 +506,9 @@ def _run_scf(mol, restricted: bool):
     from pyscf import scf
 
     mf = scf.RHF(mol) if restricted else scf.UHF(mol)
+    # No SCF chkfile: hpcwf never reads it, and pyscf writes it with h5py's default file
+    # locking, which fails on file systems without locks (NFS, some Lustre mounts).
+    mf.chkfile = None
     mf.conv_tol = SCF_CONV_TOL
     mf.conv_tol_grad = SCF_CONV_TOL_GRAD
     mf.max_cycle = 200
@@ -628,10 +632,15 @@ def cache_key(molecule: Molecule, basis: str, elements: Sequence[str]) -> str:
 class HartreeFockCache:
     """HDF5 store of HartreeFockResults, one group per cache_key.
 
-    A group is written in full and only then marked complete (attribute "complete"); groups that
-    are incomplete, unreadable or inconsistent with the molecule are recomputed and overwritten.
-    A file that is not HDF5 at all is moved aside to `<path>.corrupt-<time>` (with a warning)
-    and a fresh one started. Not safe for concurrent writers: let one process fill it.
+    The file is never written in place: `store_many` writes a new version (a copy with the new
+    groups) and renames it over the old one (`hpcwf.io.h5files.replace_h5`), so a reader, or
+    another job sharing the cache, always sees a complete file, a crash never damages it, and no
+    file lock is needed (lock-less file systems work). Two jobs storing at the same moment do not
+    corrupt it either: the later rename wins and the other's new entries are recomputed when
+    next needed. Groups that are incomplete (files of older versions), unreadable or
+    inconsistent with the molecule are recomputed and overwritten. A file that cannot be opened
+    (not HDF5, truncated) is moved aside to `<path>.corrupt-<time>` (with a warning) and a fresh
+    one started.
 
     Attributes:
         path: the HDF5 file.
@@ -664,7 +673,7 @@ class HartreeFockCache:
     def lookup(
         self, molecule: Molecule, basis: str = DEFAULT_BASIS, elements: Sequence[str] = DEFAULT_ELEMENTS
     ) -> HartreeFockResult | None:
-        """The stored result, or None (read-only: safe while other processes read too)."""
+        """The stored result, or None (read-only: safe while other processes read or store)."""
         elements = tuple(elements)
         _check_elements(molecule, elements)
         return self._load(cache_key(molecule, basis, elements), molecule)
@@ -684,17 +693,50 @@ class HartreeFockCache:
         elements: Sequence[str],
         result: HartreeFockResult,
     ) -> None:
-        """Writes `result` (one writer at a time: under MPI only rank 0 calls this)."""
-        elements = tuple(elements)
-        self._store(cache_key(molecule, basis, elements), molecule, basis, elements, result)
+        """Writes `result` (`store_many` with one entry)."""
+        self.store_many([(molecule, basis, elements, result)])
+
+    def store_many(self, entries: Sequence[tuple[Molecule, str, Sequence[str], HartreeFockResult]]) -> None:
+        """Writes (molecule, basis, elements, result) entries as one new version of the file
+        (one copy of the file for all of them). Raises OSError when the file cannot be written
+        (e.g. a full disk); the previous version then stays as it was."""
+        if not entries:
+            return
+        edit = self._readable_or_moved_aside()
+        with replace_h5(self.path, edit=edit) as f:
+            for molecule, basis, elements, result in entries:
+                elements = tuple(elements)
+                key = cache_key(molecule, basis, elements)
+                if key in f:
+                    del f[key]
+                g = f.create_group(key)
+                for name in _ARRAY_FIELDS:
+                    g.create_dataset(name, data=np.asarray(getattr(result, name)))
+                g.attrs["name"] = molecule.name
+                g.attrs["energy"] = float(result.energy)
+                g.attrs["method"] = result.method
+                g.attrs["basis"] = basis
+                g.attrs["elements"] = ",".join(elements)
+                g.attrs["format_version"] = CACHE_FORMAT_VERSION
+                g.attrs["complete"] = True  # what readers of in-place written older files check
+
+    def _readable_or_moved_aside(self) -> bool:
+        """True if the file exists and opens; a file that does not open is moved aside."""
+        if not self.path.exists():
+            return False
+        try:
+            with open_h5(self.path):
+                return True
+        except OSError as err:
+            why = "is not an HDF5 file" if not h5py.is_hdf5(self.path) else f"is unreadable ({err})"
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        warnings.warn(f"HF cache {self.path} {why}; moved to {aside}", stacklevel=4)
+        self.path.rename(aside)
+        return False
 
     def _load(self, key: str, molecule: Molecule) -> HartreeFockResult | None:
-        if not self.path.exists():
-            return None
-        if not h5py.is_hdf5(self.path):
-            return None  # _store moves the broken file aside
         try:
-            with h5py.File(self.path, "r") as f:
+            with open_h5(self.path) as f:
                 if key not in f:
                     return None
                 g = f[key]
@@ -705,7 +747,7 @@ class HartreeFockCache:
                     energy=float(g.attrs["energy"]), method=str(g.attrs["method"]), **fields
                 )
         except (OSError, KeyError, ValueError, TypeError):
-            return None  # damaged group: recompute
+            return None  # missing, not HDF5, truncated or a damaged group: recompute
         n_atoms, n_up, n_dn = molecule.n_atoms, molecule.n_up, molecule.n_dn
         if (
             result.descriptors_up.shape[:2] != (n_atoms, n_up)
@@ -715,33 +757,3 @@ class HartreeFockCache:
         ):
             return None
         return result
-
-    def _store(
-        self,
-        key: str,
-        molecule: Molecule,
-        basis: str,
-        elements: tuple[str, ...],
-        result: HartreeFockResult,
-    ) -> None:
-        if self.path.exists() and not h5py.is_hdf5(self.path):
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            warnings.warn(f"HF cache {self.path} is not an HDF5 file; moved to {aside}", stacklevel=3)
-            self.path.rename(aside)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(self.path, "a") as f:
-            if key in f:
-                del f[key]
-            g = f.create_group(key)
-            for name in _ARRAY_FIELDS:
-                g.create_dataset(name, data=np.asarray(getattr(result, name)))
-            g.attrs["name"] = molecule.name
-            g.attrs["energy"] = float(result.energy)
-            g.attrs["method"] = result.method
-            g.attrs["basis"] = basis
-            g.attrs["elements"] = ",".join(elements)
-            g.attrs["format_version"] = CACHE_FORMAT_VERSION
-            f.flush()
-            # Marked complete only after every dataset is written and flushed.
-            g.attrs["complete"] = True
-            f.flush()
