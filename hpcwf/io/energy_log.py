@@ -101,13 +101,12 @@ def damage_reason(path: str | Path) -> str | None:
                 fmt = fmt.decode(errors="replace")
             if fmt is not None and fmt != "hpcwf-energies":
                 return f"not an hpcwf energies file (format {fmt!r})"
-            lengths = set()
-            for name in TRAIN_FIELDS:
-                if "train" in f and name in f["train"]:
-                    lengths.add(f["train"][name][:].shape[0])
-            if len(lengths) > 1:
-                return "/train columns differ in length"
-            f.visititems(lambda _, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
+
+            def read(_: str, obj) -> None:  # visititems stops at the first non-None return
+                if isinstance(obj, h5py.Dataset):
+                    obj[()]
+
+            f.visititems(read)
     except Exception as err:  # h5py reports damage as OSError, KeyError, ValueError, ...
         return f"unreadable: {' '.join(str(err).split())}"
     return None
@@ -221,7 +220,10 @@ class EnergyLog:
 
         def cut(f: h5py.File) -> None:
             train = f["train"]
-            keep = int(np.sum(train["step"][:] < n_steps))
+            # Columns of unequal length: a flush of an older hpcwf (which wrote in place) was cut
+            # short; its rows are after the checkpoint, so the common length is what counts.
+            common = min(train[name].shape[0] for name in TRAIN_FIELDS)
+            keep = int(np.sum(train["step"][:common] < n_steps))
             for name in TRAIN_FIELDS:
                 train[name].resize((keep,))
 
