@@ -72,7 +72,7 @@ def run_system(name: str, steps: int, out: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # max over children so far
-    with h5py.File(run_dir / "energies.h5", "r") as f:
+    with h5py.File(run_dir / "energies.h5", "r", locking=False) as f:
         step_time = f["train/step_time"][:]
         e, err = float(f["evaluation/energy"][0]), float(f["evaluation/error"][0])
         tau = float(f["evaluation/autocorrelation_time"][0])

@@ -92,7 +92,7 @@ def run(n_ranks: int, args, work: Path) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"{n_ranks} ranks failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    with h5py.File(run_dir / "energies.h5", "r") as f:
+    with h5py.File(run_dir / "energies.h5", "r", locking=False) as f:
         step = f["train/step"][:]
         step_time, sync_time = f["train/step_time"][:], f["train/sync_time"][:]
     warm = step >= 2 * args.per_rank  # every geometry visited, compiled and burnt in
