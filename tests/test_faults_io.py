@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from hpcwf.io.checkpoint import list_checkpoints, verify_checkpoint
-from hpcwf.io.energy_log import TRAIN_FIELDS
+from hpcwf.io.energy_log import TRAIN_FIELDS, EnergyLog
 from hpcwf.systems.hartree_fock import HartreeFockCache
 from hpcwf.systems.molecule import Molecule
 
@@ -206,6 +206,21 @@ def test_truncated_log_is_refused_before_anything_is_written(base_run, tmp_path)
     assert lines[0].startswith(f"error: {job}: output.dir: {log} is damaged (unreadable")
     assert "move it aside" in lines[0]
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_run_starting_over_replaces_a_damaged_log(tmp_path):
+    """A run dir without checkpoints is started over; a damaged energies.h5 there is replaced by
+    a fresh log instead of crashing the run (the resume case is refused above)."""
+    path = tmp_path / "energies.h5"
+    log = EnergyLog(path, [_h2()])
+    log.append(**{name: 0 for name in TRAIN_FIELDS})
+    log.flush()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    EnergyLog(path, [_h2()]).truncate(0)
+    with h5py.File(path, "r") as f:
+        assert [str(n, "utf-8") for n in f["geometries/names"][:]] == ["H2"]
+        assert all(f["train"][name].shape == (0,) for name in TRAIN_FIELDS)
 
 
 def _h2() -> Molecule:
