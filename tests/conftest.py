@@ -8,6 +8,11 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "hpcwf-test-jax-cache")
 )
 
+# jaxlib 0.9's CPU AOT loader logs an E-level "Target machine feature +prefer-no-scatter is not
+# supported" line for every cache hit (a tuning flag it mistakes for a CPU feature); silence the
+# C++ log so the CLI tests' one-line `error:` contract sees only hpcwf's own output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
