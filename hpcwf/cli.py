@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import sys  # noqa: E402
 
 from hpcwf.errors import (  # noqa: E402
@@ -27,9 +28,16 @@ from hpcwf.errors import (  # noqa: E402
     EXIT_DIVERGED,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_STORAGE,
     InputError,
     RunDivergedError,
     RunInterruptedError,
+    StorageError,
+)
+
+# errno values of a full disk, an exhausted quota and a file size limit (RLIMIT_FSIZE).
+_STORAGE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name)
 )
 
 
@@ -181,7 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         return _collective_exit(f"interrupted: {err}", EXIT_INTERRUPTED)
     except RunDivergedError as err:
         return _collective_exit(f"error: {err}", EXIT_DIVERGED)
-    except Exception:
+    except StorageError as err:
+        return _collective_exit(f"error: {err}", EXIT_STORAGE)
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+            # Out of space outside a checkpoint write (log, parameters): no traceback either.
+            where = err.filename or "a file of the run"
+            return _collective_exit(
+                f"error: {where}: cannot write ({err.strerror}); free space, then rerun", EXIT_STORAGE
+            )
         ctx = _context()
         if ctx is None or ctx.size == 1:
             raise

@@ -9,6 +9,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # an unexpected error (traceback printed); under MPI the whole job is aborted
 EXIT_BAD_INPUT = 2  # one line `error: <file>: <key>: <what is wrong>`, nothing written
 EXIT_DIVERGED = 3  # repeated non-finite updates: stopped with a checkpoint of the last good state
+EXIT_STORAGE = 74  # sysexits EX_IOERR: a checkpoint or log could not be written (disk full, quota)
 EXIT_INTERRUPTED = 75  # sysexits EX_TEMPFAIL: stopped by a signal after a checkpoint; rerun resumes
 
 
@@ -26,3 +27,8 @@ class RunDivergedError(Exception):
 
 class LaunchError(InputError):
     """The parallel launch is unusable (e.g. srun without PMI): every rank would run alone."""
+
+
+class StorageError(Exception):
+    """A file of the run could not be written (disk full, quota, file size limit); str() names
+    the file, the reason and the newest valid checkpoint, which a rerun resumes from."""

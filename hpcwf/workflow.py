@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +28,7 @@ import tomli_w
 from flax import traverse_util
 
 from hpcwf.analysis.statistics import MonteCarloEstimate, multi_chain_statistics
-from hpcwf.errors import RunDivergedError, RunInterruptedError
+from hpcwf.errors import RunDivergedError, RunInterruptedError, StorageError
 from hpcwf.hamiltonian import make_local_energy
 from hpcwf.io.checkpoint import (
     CheckpointError,
@@ -38,6 +40,7 @@ from hpcwf.io.checkpoint import (
     load_checkpoint,
     load_params,
     read_checkpoint_config,
+    remove_stale_temporaries,
     resolve_init_checkpoint,
     save_checkpoint,
     save_params,
@@ -58,7 +61,7 @@ from hpcwf.model.wavefunction import (
 from hpcwf.parallel import ParallelContext, geometry_cost, init_parallel, shard_geometries
 from hpcwf.signals import StopFlag
 from hpcwf.systems.hartree_fock import HartreeFockCache, HartreeFockResult, descriptor_size
-from hpcwf.training.optimizer import ScheduleSettings, make_optimizer
+from hpcwf.training.optimizer import ScheduleSettings, all_finite, make_optimizer
 from hpcwf.training.pretrain import (
     HartreeFockOrbitals,
     PretrainBatch,
@@ -79,9 +82,59 @@ from hpcwf.training.vmc import (
 # Stage tags folded into the root key so stages never share random numbers.
 STAGE_INIT, STAGE_PRETRAIN, STAGE_BURN_IN, STAGE_VMC, STAGE_EVAL = range(5)
 BURN_IN_CHUNK = 10  # MCMC steps between step-size adaptations during burn-in
-MAX_CONSECUTIVE_SKIPS = 20  # non-finite updates in a row before the run is stopped
+# Rejected (non-finite) steps in a row before the run stops; each retry samples with a new key.
+MAX_CONSECUTIVE_REJECTED = 20
+_NO_UPDATE = {"learning_rate": np.nan, "damping": np.nan, "grad_norm": np.nan}
 
 DTYPE = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultInjection:
+    """Faults that tests inject, read once from the environment here at the edge (TEST ONLY;
+    leave these variables unset in production):
+
+    HPCWF_TEST_POISON_STEPS   comma-separated steps or inclusive ranges ("3,4", "0-99") whose
+                              update comes out non-finite: the last parameter leaf is set to NaN
+                              on the highest rank after the global update. A "pretrain:" prefix
+                              ("pretrain:2") means an HF pre-training step.
+    HPCWF_TEST_CHECKPOINT_SIGNAL  "SIGTERM@6": rank 0 sends itself that signal while writing the
+                              checkpoint of step 6, after its bytes and before the rename (as a
+                              scancel or a kill would hit a write in progress).
+    """
+
+    poison: tuple[tuple[str, int, int], ...] = ()  # (stage, first step, last step)
+    checkpoint_signal: tuple[int, int] | None = None  # (signal number, step)
+
+    @classmethod
+    def from_environment(cls) -> FaultInjection:
+        poison = []
+        for item in filter(None, os.environ.get("HPCWF_TEST_POISON_STEPS", "").replace(" ", "").split(",")):
+            stage, _, steps = item.rpartition(":")
+            first, _, last = steps.partition("-")
+            poison.append((stage or "vmc", int(first), int(last or first)))
+        sig = None
+        if spec := os.environ.get("HPCWF_TEST_CHECKPOINT_SIGNAL", ""):
+            name, _, step = spec.partition("@")
+            sig = (int(signal.Signals[name]), int(step))
+        return cls(tuple(poison), sig)
+
+    def poisons(self, stage: str, step: int, ctx: ParallelContext) -> bool:
+        return ctx.rank == ctx.size - 1 and any(
+            s == stage and first <= step <= last for s, first, last in self.poison
+        )
+
+    def checkpoint_hook(self, step: int) -> Callable[[Path], None] | None:
+        if self.checkpoint_signal is None or self.checkpoint_signal[1] != step:
+            return None
+        return lambda tmp: os.kill(os.getpid(), self.checkpoint_signal[0])
+
+
+def _poisoned(params):
+    """`params` with its last leaf set to NaN (FaultInjection)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    leaves[-1] = leaves[-1] * jnp.nan
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 @dataclasses.dataclass
@@ -445,6 +498,8 @@ def run_job(
 
     if ctx.is_root:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in remove_stale_temporaries(ckpt_dir):
+            log(f"removed {tmp}: a checkpoint write cut short by a kill")
         write_resolved_config(cfg, out / "config.toml")
     if ctx.size > 1:
         log(f"parallel: {ctx.size} ranks x {ctx.n_local_devices} devices; geometries per rank:")
@@ -459,7 +514,10 @@ def run_job(
     if ctx.is_root:
         energy_log = EnergyLog(out / "energies.h5", cfg.geometries)
     stop = StopFlag().install()
-    trainer = VMCTrainer(cfg, model, systems, root, log, finetune=bool(init_file), stop=stop, ctx=ctx)
+    faults = FaultInjection.from_environment()
+    trainer = VMCTrainer(
+        cfg, model, systems, root, log, finetune=bool(init_file), stop=stop, ctx=ctx, faults=faults
+    )
 
     if resume_path is not None:
         params = trainer.load(resume_path, params)
@@ -486,7 +544,9 @@ def run_job(
             for s in systems
         }
         if not init_file and cfg.pretraining.steps > 0:
-            params, walkers = pretrain(cfg, model, params, systems, walkers, root, log, stop, ctx, energy_log)
+            params, walkers = pretrain(
+                cfg, model, params, systems, walkers, root, log, stop, ctx, energy_log, faults
+            )
         trainer.init_states(params, walkers)
 
     if not (init_file and cfg.init.mode == "evaluate"):
@@ -572,10 +632,15 @@ def pretrain(
     stop: StopFlag,
     ctx: ParallelContext,
     energy_log: EnergyLog | None = None,
+    faults: FaultInjection = FaultInjection(),
 ):
     """HF pre-training; each rank goes round-robin through its shard, one global Adam update
     per step. Every rank's loss on its own geometry goes to `energy_log` (rank 0's; None on
-    the other ranks) under /pretrain. Returns (params, walkers sampled from HF)."""
+    the other ranks) under /pretrain. Returns (params, walkers sampled from HF).
+
+    An update whose new parameters or Adam state are not finite on some rank is rejected on
+    every rank (parameters, Adam state and that geometry's walkers stay as before the step);
+    MAX_CONSECUTIVE_REJECTED in a row raise RunDivergedError (pre-training has no checkpoint)."""
     optimizer = make_pretrain_optimizer(model, cfg.pretraining.learning_rate)
     update = ctx.make_global_update(optimizer.apply)
     sweep = make_hf_sweep(cfg.mcmc.steps_per_update)
@@ -594,20 +659,41 @@ def pretrain(
     if energy_log is not None:
         energy_log.start_pretrain()  # not resumable: a rerun starts over, so drop stale rows
     t0 = time.perf_counter()
+    rejected_in_a_row = 0
     for t in range(cfg.pretraining.steps):
         s = systems[t % len(systems)]
         key = geometry_key(root, STAGE_PRETRAIN, t, s.index)
-        walkers[s.index], pmove = sweep(s.hf_orbitals, s.data, walkers[s.index], key)
+        before = walkers[s.index]
+        walkers[s.index], pmove = sweep(s.hf_orbitals, s.data, before, key)
         batch = PretrainBatch(walkers[s.index].electrons, s.data, s.hf_orbitals)
         stats = optimizer.local_statistics(params, opt_state, key, batch)
         # info["loss"] is averaged over ranks; the per-geometry curve needs each rank's own.
         row = dict(step=t, geometry=s.index, loss=float(jax.device_get(stats.loss)[0]))
-        params, opt_state, info = update(params, opt_state, stats, t)
-        rows = ctx.gather(row)
+        new_params, new_state, info = update(params, opt_state, stats, t)
+        if faults.poisons("pretrain", t, ctx):
+            new_params = _poisoned(new_params)
+        # One agreement per step: reject the update if it is not finite on any rank; stop if
+        # any rank got a signal.
+        finite = bool(all_finite((new_params, new_state)))
+        rejected, stopping = ctx.any([not finite, stop.requested is not None])
+        if rejected:
+            walkers[s.index] = before
+            rejected_in_a_row += 1
+            log(f"pretrain step {t}: non-finite update rejected, rolled back ({rejected_in_a_row} in a row)")
+        else:
+            params, opt_state = new_params, new_state
+            rejected_in_a_row = 0
+        rows = ctx.gather({**row, "rolled_back": int(rejected)})
         if energy_log is not None:
             for r in rows:
                 energy_log.append_pretrain(**r)
-        (stopping,) = ctx.any([stop.requested is not None])
+        if rejected_in_a_row >= MAX_CONSECUTIVE_REJECTED:
+            if energy_log is not None:
+                energy_log.flush()
+            raise RunDivergedError(
+                f"HF pre-training: {rejected_in_a_row} consecutive non-finite updates up to step {t}; "
+                "nothing was saved (pre-training has no checkpoints, a rerun starts over)"
+            )
         if stopping:
             raise RunInterruptedError(
                 f"stopped by {stop.describe()} during HF pre-training at step {t + 1} (no checkpoint yet: "
@@ -647,8 +733,10 @@ class VMCTrainer:
         finetune: bool,
         stop: StopFlag,
         ctx: ParallelContext,
+        faults: FaultInjection = FaultInjection(),
     ):
         self.cfg, self.systems, self.root, self.log, self.stop, self.ctx = cfg, systems, root, log, stop, ctx
+        self.faults = faults
         o = cfg.optimization
         if finetune:  # fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3)
             schedule = ScheduleSettings(
@@ -735,6 +823,7 @@ class VMCTrainer:
         params = jax.device_get(params)
         parts = self.ctx.gather((*mine, params_digest(params)))
         path = checkpoint_path(ckpt_dir, self.step)
+        failure = None
         if self.ctx.is_root:
             digests = [part[2] for part in parts]
             if len(set(digests)) > 1:  # must never happen: the update is the same on all ranks
@@ -748,19 +837,35 @@ class VMCTrainer:
                 k: np.array([per_geometry[i][k] for i in range(n)], dtype=np.asarray(v).dtype)
                 for k, v in sched.items()
             }
-            save_checkpoint(
-                path,
-                step=self.step,
-                params=params,
-                optimizer_state=jax.device_get(self.opt_state),
-                geometry_states=states,
-                scheduler_state=scheduler_state,
-                config_toml=tomli_w.dumps(config_to_dict(self.cfg)),
-                geometries=[m.to_dict() for m in self.cfg.geometries],
-                metadata={**params_metadata(self.cfg), "n_ranks": self.ctx.size, "params_sha256": digests[0]},
-            )
-            apply_retention(ckpt_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
-        self.ctx.barrier()  # the file is on disk before any rank goes on (or exits on a signal)
+            try:
+                save_checkpoint(
+                    path,
+                    step=self.step,
+                    params=params,
+                    optimizer_state=jax.device_get(self.opt_state),
+                    geometry_states=states,
+                    scheduler_state=scheduler_state,
+                    config_toml=tomli_w.dumps(config_to_dict(self.cfg)),
+                    geometries=[m.to_dict() for m in self.cfg.geometries],
+                    metadata={
+                        **params_metadata(self.cfg),
+                        "n_ranks": self.ctx.size,
+                        "params_sha256": digests[0],
+                    },
+                    on_written=self.faults.checkpoint_hook(self.step),
+                )
+            except OSError as err:  # disk full, quota: nothing was written, older files stand
+                previous = latest_valid_checkpoint(ckpt_dir, self.log)
+                failure = (
+                    f"{path}: cannot write checkpoint ({err.strerror or err}); stopped at step {self.step}, "
+                    f"the newest valid checkpoint is {previous or 'none'}: free space, then rerun to resume"
+                )
+            else:
+                apply_retention(ckpt_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
+        # Every rank waits for rank 0's file (or its failure) before going on or exiting.
+        failure = self.ctx.bcast(failure)
+        if failure is not None:
+            raise StorageError(failure)
         return path
 
     def load(self, path: Path, params_template):
@@ -805,45 +910,67 @@ class VMCTrainer:
             self.opt_state = self.ctx.local_replicated(ckpt.optimizer_state)
         return params
 
+    def _update(self, params, batch: VMCBatch, key, t: int):
+        """The global update of step `t` from this rank's `batch`, kept only if the new
+        parameters and optimizer state are finite on every rank. Returns (params, info,
+        sync_time, accepted); on rejection `params` and `self.opt_state` are the old ones.
+        Collective."""
+        local = jax.block_until_ready(self.optimizer.local_statistics(params, self.opt_state, key, batch))
+        t_sync = time.perf_counter()
+        new_params, new_state, info = self.update(params, self.opt_state, local, t)
+        if self.faults.poisons("vmc", t, self.ctx):
+            new_params = _poisoned(new_params)
+        finite = bool(all_finite((new_params, new_state)))
+        info = jax.device_get(info)
+        sync_time = time.perf_counter() - t_sync
+        # Every rank checks its own copy and all follow the verdict, so the parameters stay
+        # identical on all ranks even if only one of them went bad.
+        (rejected,) = self.ctx.any([not finite])
+        if rejected:
+            return params, info, sync_time, False
+        self.opt_state = new_state
+        return new_params, info, sync_time, True
+
     def optimize(self, params, energy_log: EnergyLog | None, ckpt_dir: Path):
         """Runs steps until `optimization.steps`; checkpoints as configured, on a stop signal
         (then raises RunInterruptedError) and at the end. `energy_log` is rank 0's (None on
-        the other ranks)."""
+        the other ranks).
+
+        A step is rejected when a walker's local energy (on any rank) or the updated
+        parameters / optimizer state (on any rank) are not finite: parameters, optimizer
+        state and that geometry's walkers stay as they were before the step (FermiNet's
+        reset-if-NaN, DeepQMC's rewind), and the next step samples with its own new key.
+        MAX_CONSECUTIVE_REJECTED rejections in a row raise RunDivergedError after a
+        checkpoint, which therefore always holds finite parameters."""
         cfg, o, ctx = self.cfg, self.cfg.optimization, self.ctx
         every_steps, every_seconds = cfg.checkpoint.every_steps, 60.0 * cfg.checkpoint.every_minutes
         t_start = last_ckpt = time.perf_counter()
         window: list[float] = []
-        consecutive_skips = 0
+        rejected_in_a_row = 0
         while self.step < o.steps:
             t, t_step = self.step, time.perf_counter()
             j = self.scheduler.next_geometry(t)  # position in this rank's shard
             s = self.systems[j]
             if self.scheduler.n_updates[j] == 0:  # first visit: equilibrate its walkers
                 self.burn(params, s, cfg.mcmc.burn_in_steps, STAGE_BURN_IN)
+            before = self.states[s.index]  # what a rejected step rolls this geometry back to
             k_sample, k_opt = jax.random.split(geometry_key(self.root, STAGE_VMC, t, s.index))
-            self.states[s.index], batch, stats = self.sample_and_measure(
-                params, s.data, self.states[s.index], k_sample
-            )
+            self.states[s.index], batch, stats = self.sample_and_measure(params, s.data, before, k_sample)
             stats = jax.device_get(stats)
             time_due = bool(every_seconds) and time.perf_counter() - last_ckpt >= every_seconds
-            # One agreement per step: skip the update if any rank has non-finite energies,
+            # One agreement before the update: skip it if any rank has non-finite energies,
             # stop if any rank got a signal, checkpoint if rank 0's clock says so.
             skip, stopping, time_due = ctx.any(
                 [stats["n_nonfinite"] > 0, self.stop.requested is not None, time_due and ctx.is_root]
             )
+            info, sync_time, accepted = _NO_UPDATE, np.nan, False
             if not skip:
-                local = jax.block_until_ready(
-                    self.optimizer.local_statistics(params, self.opt_state, k_opt, batch)
-                )
-                t_sync = time.perf_counter()
-                params, self.opt_state, info = self.update(params, self.opt_state, local, t)
-                info = jax.device_get(info)
-                sync_time = time.perf_counter() - t_sync
-                consecutive_skips = 0
-            else:  # never step on a batch with non-finite local energies (on any rank)
-                consecutive_skips += 1
-                info = {"learning_rate": np.nan, "damping": np.nan, "grad_norm": np.nan}
-                sync_time = np.nan
+                params, info, sync_time, accepted = self._update(params, batch, k_opt, t)
+            if accepted:
+                rejected_in_a_row = 0
+            else:
+                self.states[s.index] = before
+                rejected_in_a_row += 1
             step_time = time.perf_counter() - t_step
             self.scheduler.record(j, t, float(stats["variance"]))
             self.step = t + 1
@@ -862,14 +989,11 @@ class VMCTrainer:
                 step_time=step_time,
                 sync_time=sync_time,
                 n_nonfinite=int(stats["n_nonfinite"]),
+                rolled_back=int(not accepted),
             )
             rows = ctx.gather(row)
             if energy_log is not None:
-                for r in rows:
-                    if r["n_nonfinite"]:
-                        name = cfg.geometries[r["geometry"]].name
-                        self.log(f"step {t}: {r['n_nonfinite']} non-finite E_L on {name}; update skipped")
-                    energy_log.append(**r)
+                self._log_rows(rows, energy_log, rejected_in_a_row)
             window.append(step_time)
             if self.step % cfg.output.print_every == 0 or self.step == o.steps:
                 self._progress(stats, s, batch.electrons.shape[0], window, rows)
@@ -877,22 +1001,38 @@ class VMCTrainer:
                 if energy_log is not None:
                     energy_log.maybe_flush()  # readable by h5py while the run is live
             due = (every_steps and self.step % every_steps == 0) or time_due
-            diverged = consecutive_skips >= MAX_CONSECUTIVE_SKIPS
+            diverged = rejected_in_a_row >= MAX_CONSECUTIVE_REJECTED
             if due or self.step == o.steps or stopping or diverged:
                 if energy_log is not None:
                     energy_log.flush()  # the log never lags behind the newest checkpoint
                 path = self.save(params, ckpt_dir)
                 last_ckpt = time.perf_counter()
                 self.log(f"checkpoint {path}")
+                if not stopping:
+                    # A signal that arrived during the write stops the run at this checkpoint,
+                    # not one step and one more write later (SLURM's KillWait may not allow it).
+                    (stopping,) = ctx.any([self.stop.requested is not None])
             if diverged:
                 raise RunDivergedError(
-                    f"{consecutive_skips} consecutive updates skipped; last good state in {path}"
+                    f"{rejected_in_a_row} consecutive steps rejected as non-finite; "
+                    f"checkpoint of the last finite state: {path}"
                 )
             if stopping:
                 raise RunInterruptedError(
                     f"stopped by {self.stop.describe()} at step {self.step}; checkpoint {path}"
                 )
         return params
+
+    def _log_rows(self, rows: list[dict], energy_log: EnergyLog, rejected_in_a_row: int) -> None:
+        """Rank 0: appends the step's rows (one per rank) and reports a rejected step."""
+        for r in rows:
+            energy_log.append(**r)
+        if not rows[0]["rolled_back"]:
+            return
+        bad = [f"{r['n_nonfinite']} on {self.cfg.geometries[r['geometry']].name}" for r in rows]
+        bad = [b for b, r in zip(bad, rows, strict=True) if r["n_nonfinite"]]
+        why = f"non-finite E_L ({', '.join(bad)})" if bad else "non-finite update"
+        self.log(f"step {rows[0]['step']}: {why}; rejected, rolled back ({rejected_in_a_row} in a row)")
 
     def _progress(self, stats, s: System, n_walkers: int, window: list[float], rows) -> None:
         """Rank 0's progress line: its own geometry, plus throughput and sync share over ranks."""

@@ -24,13 +24,17 @@ A pytree group holds datasets "000000", "000001", ... (leaf i of
 attrs `path` (jax.tree_util.keystr of its key path) and `keys` (JSON list of the key entries, so a
 dict-of-dicts can be rebuilt without a template); the group has attr `n_leaves`.
 
-Both kinds are written atomically (temporary file `.<name>.tmp<pid>` in the same directory,
-fsync, os.replace, fsync of the directory) so a crash never leaves a half-written file under the
-final name, and a file under its final name is never modified: a reader (another job's `[init]
-checkpoint`, `hpcwf inspect`, h5py with default locking) cannot disturb the writer. All files
-are opened without HDF5 file locking (`hpcwf.io.h5files`), so lock-less file systems work.
-Checkpoint directories hold `ckpt_<step:09d>.h5` files (`checkpoint_path`,
-`list_checkpoints`, `latest_valid_checkpoint`, `apply_retention`).
+Both kinds are built in memory and written atomically (one write of the finished file to a
+temporary file `.<name>.tmp<pid>` in the same directory, fsync, os.replace, fsync of the
+directory) so a crash never leaves a half-written file under the final name, a file under its
+final name is never modified (a reader: another job's `[init] checkpoint`, `hpcwf inspect`, h5py
+with default locking, cannot disturb the writer), and a full disk or quota is one clean OSError
+(ENOSPC, EDQUOT, EFBIG) from that write, after which the temporary file is removed and every
+earlier file is untouched. A temporary file left by a killed process is removed by
+`remove_stale_temporaries`. All files are opened without HDF5 file locking
+(`hpcwf.io.h5files`), so lock-less file systems work. Checkpoint directories hold
+`ckpt_<step:09d>.h5` files (`checkpoint_path`, `list_checkpoints`, `latest_valid_checkpoint`,
+`apply_retention`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,7 +58,7 @@ import numpy as np
 
 import hpcwf
 from hpcwf.errors import InputError
-from hpcwf.io.h5files import open_h5, replace_h5
+from hpcwf.io.h5files import fsync_dir, open_h5, temporary_path
 
 FORMAT_PARAMS = "hpcwf-params"
 FORMAT_CHECKPOINT = "hpcwf-checkpoint"
@@ -100,13 +105,64 @@ def _read_tree(group: h5py.Group) -> dict:
     }
 
 
+_TMP_NAME = re.compile(r"^\.(ckpt_\d+|params)\.h5\.tmp\d+$")
+# Growth step of the in-memory HDF5 image: few reallocations for checkpoints of any size.
+_CORE_BLOCK_SIZE = 1 << 22
+
+
 @contextlib.contextmanager
-def _atomic_h5(path: Path) -> Iterator[h5py.File]:
-    """Yields an h5py.File open for writing on `.<name>.tmp<pid>` next to `path`; on success
-    the file is fsynced and renamed to `path`, on any exception it is removed
-    (`hpcwf.io.h5files.replace_h5`: no file locks, so lock-less file systems work too)."""
-    with replace_h5(path) as f:
+def _atomic_h5(path: Path, on_written: Callable[[Path], None] | None = None) -> Iterator[h5py.File]:
+    """Yields an h5py.File held in memory; after the block it is written to `.<name>.tmp<pid>`
+    next to `path` in one write, fsynced and renamed to `path` (`hpcwf.io.h5files`: the final
+    name is never written in place, no file locks). On any exception the temporary
+    file is removed and the exception re-raised; OSError is what a full disk or quota gives.
+
+    `on_written(tmp)` (tests only) is called once the temporary file holds every byte, before
+    fsync and rename: the moment at which a kill leaves a partial file behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    # HDF5 writing straight to disk meets ENOSPC in the middle of its metadata flush, raises from
+    # destructors and can crash the process; building the image in memory leaves the disk to
+    # one plain write whose failure is an ordinary OSError.
+    with h5py.File(
+        f"{path.name}-in-memory", "w", driver="core", backing_store=False, block_size=_CORE_BLOCK_SIZE
+    ) as f:
         yield f
+        f.flush()
+        image = f.id.get_file_image()
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(image)
+            fh.flush()
+            if on_written is not None:
+                on_written(tmp)
+            # fsync pushes the bytes to disk before the rename makes the file visible.
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+    fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Deletes the temporary files (`.ckpt_<step>.h5.tmp<pid>`, `.params.h5.tmp<pid>`) that a
+    process killed while writing left in `directory`; returns them. Call it only where no other
+    process writes checkpoints into `directory` (rank 0 of the run that owns it, at start)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for p in directory.iterdir():
+        if _TMP_NAME.match(p.name) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+            removed.append(p)
+    return sorted(removed)
 
 
 def save_params(path: str | Path, params, metadata: dict) -> None:
@@ -412,6 +468,7 @@ def save_checkpoint(
     config_toml: str,
     geometries: list[dict],
     metadata: dict,
+    on_written: Callable[[Path], None] | None = None,
 ) -> None:
     """Writes a full training checkpoint atomically (layout in the module docstring).
 
@@ -426,12 +483,16 @@ def save_checkpoint(
         geometries: JSON-serializable geometry dicts (numpy values are converted).
         metadata: scalar/string attrs (model_size, orbitals, n_determinants, basis, elements...);
             names in `_RESERVED_ATTRS` are refused.
+        on_written: fault-injection hook for tests (see `_atomic_h5`).
+
+    Raises OSError when the file cannot be written (disk full, quota, permissions); then no
+    file is left behind and existing checkpoints are untouched.
     """
     clash = _RESERVED_ATTRS.intersection(metadata)
     if clash:
         raise ValueError(f"metadata keys {sorted(clash)} are reserved checkpoint attributes")
     path = Path(path)
-    with _atomic_h5(path) as f:
+    with _atomic_h5(path, on_written) as f:
         f.attrs["format"] = FORMAT_CHECKPOINT
         f.attrs["version"] = CHECKPOINT_VERSION
         f.attrs["step"] = int(step)

@@ -192,7 +192,9 @@ class CheckpointConfig:
     """[checkpoint]: when parameters are saved and which files are kept."""
 
     every_steps: int = _opt(0, ge=0)
-    every_minutes: float = _opt(0.0, ge=0.0)
+    # On by default: a node failure, OOM kill or scancel without a warning signal then loses at
+    # most this much wall time (FermiNet and JaQMC save every 10 minutes by default).
+    every_minutes: float = _opt(30.0, ge=0.0)
     keep_last: int = _opt(3, ge=1)
     keep_every: int = _opt(0, ge=0)
 

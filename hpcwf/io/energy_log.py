@@ -9,7 +9,11 @@ Layout:
                  variance, clipped_energy, pmove, step_size, learning_rate, damping, grad_norm,
                  time (s since the start of optimization), step_time (s), sync_time (s spent
                  in the global update: waiting for the other ranks, all-reduce and K-FAC inverse;
-                 NaN for a skipped update), n_nonfinite (walkers with non-finite E_L)
+                 NaN for a skipped update), n_nonfinite (walkers with non-finite E_L),
+                 rolled_back (1: the step was rejected, on every rank, because a local energy
+                 or the updated parameters / optimizer state were not finite somewhere; the
+                 parameters, optimizer state and this geometry's walkers stayed as before it;
+                 learning_rate, damping, grad_norm are NaN when no update was computed)
                  Under MPI every step has one row per rank, gathered by rank 0.
     /evaluation  per geometry (NaN / 0 where a geometry was not evaluated; attrs: steps):
                  energy (Ha), error (its standard error, Ha: the spread of the per-walker means,
@@ -23,7 +27,8 @@ Layout:
     /pretrain    equal-length 1-D datasets, one row per (HF pre-training step, rank): step,
                  geometry, loss (that rank's HF pre-training loss on its own geometry at the
                  parameters before the step's update: mean squared difference of network and HF
-                 orbital values, bohr^-3; the global Adam step uses the average over ranks).
+                 orbital values, bohr^-3; the global Adam step uses the average over ranks),
+                 rolled_back (1: the step's non-finite update was rejected on every rank).
                  Empty when the run had no pre-training. Pre-training is not resumable: the group
                  is emptied when pre-training (re)starts.
 Energies in Hartree.
@@ -62,8 +67,14 @@ TRAIN_FIELDS: dict[str, type] = {
     "step_time": np.float64,
     "sync_time": np.float64,
     "n_nonfinite": np.int32,
+    "rolled_back": np.int8,
 }
-PRETRAIN_FIELDS: dict[str, type] = {"step": np.int64, "geometry": np.int32, "loss": np.float64}
+PRETRAIN_FIELDS: dict[str, type] = {
+    "step": np.int64,
+    "geometry": np.int32,
+    "loss": np.float64,
+    "rolled_back": np.int8,
+}
 EVALUATION_FIELDS = (
     "energy",
     "error",

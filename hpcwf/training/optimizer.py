@@ -66,6 +66,19 @@ class LocalStatistics:
     curvature: Any = None
 
 
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """True (bool scalar) if no floating leaf of `tree` holds a NaN or an infinity; integer,
+    boolean and key leaves are not checked. A training step is accepted only if its new
+    parameters and optimizer state pass (workflow: rollback otherwise)."""
+    checks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
 def _leading_axis(tree):
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], tree)
 
