@@ -7,8 +7,9 @@ no mpi4py), so they run on login nodes, also on a run that is still training (do
 
 Bad input prints one line `error: <file>: <key>: <what is wrong>` and exits with code 2.
 Under MPI (`mpiexec -n N hpcwf run ...`) only rank 0 prints; a failure that every rank meets
-(bad input, a stop signal, divergence) exits every rank with its code, and a failure of a
-single rank aborts the whole job (MPI_Abort) instead of leaving the others waiting.
+(bad input, a stop signal, divergence, a checkpoint that cannot be written) exits every rank
+with its code, and a failure of a single rank aborts the whole job (MPI_Abort) instead of
+leaving the others waiting. A full disk or quota gives one `error:` line and exit code 74.
 """
 
 from __future__ import annotations

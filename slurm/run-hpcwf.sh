@@ -3,7 +3,8 @@
 # stopped at SLURM's warning signal with a checkpoint.
 #
 # Exit codes of hpcwf (docs: README "Running on a cluster"): 0 done, 2 bad input, 3 diverged
-# (checkpoint of the last good state), 75 stopped by a signal after writing a checkpoint.
+# (checkpoint of the last good state), 74 a checkpoint could not be written (disk full),
+# 75 stopped by a signal after writing a checkpoint.
 # Only 75 requeues, and only when the run made progress since this job started, so a job
 # that cannot advance (e.g. the signal comes before the first checkpoint) does not loop.
 

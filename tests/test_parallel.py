@@ -68,8 +68,8 @@ def _cmd(n_ranks: int, job: Path) -> list[str]:
     return hpcwf if n_ranks == 1 else [str(MPIEXEC), "-n", str(n_ranks), *hpcwf]
 
 
-def _run(n_ranks: int, job: Path, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(n_ranks, job), capture_output=True, text=True, timeout=timeout)
+def _run(n_ranks: int, job: Path, timeout: float = 400, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(n_ranks, job), capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _train(run: Path) -> dict[str, np.ndarray]:
@@ -245,9 +245,16 @@ def test_elastic_resume_2_to_1_to_2_ranks_and_sigterm(mpi_run, tmp_path):
     assert "interrupted: stopped by SIGTERM" in err
     stopped_at = int(_newest_checkpoint(copy).stem.split("_")[1])
     assert stopped_at >= 14
-    # ... and resumed to completion.
-    proc = _run(2, _job(job, copy, steps=stopped_at + 2))
+    # ... and resumed to completion; its first update comes out NaN on rank 1 alone (test-only
+    # fault injection): both ranks reject it, so the parameters stay identical on both (the
+    # final checkpoint compares their digests before it is written).
+    env = dict(os.environ, HPCWF_TEST_POISON_STEPS=str(stopped_at))
+    proc = _run(2, _job(job, copy, steps=stopped_at + 2), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(copy / "energies.h5", "r") as f:
+        step, rolled_back = f["train/step"][:], f["train/rolled_back"][:]
+    assert rolled_back[step == stopped_at].tolist() == [1, 1]
+    assert not rolled_back[step == stopped_at + 1].any()
     rows = _rows_by_step(_train(copy))
     assert sorted(rows) == list(range(stopped_at + 2))  # no step missing, none twice
     for step, geometries in rows.items():
