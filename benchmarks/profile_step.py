@@ -277,6 +277,7 @@ def main() -> None:
         "--no-geometry-share", action="store_true", help="skip the geometry-layer measurement"
     )
     args = parser.parse_args()
+    jax.config.update("jax_default_matmul_precision", "highest")  # as hpcwf.workflow.run_job
 
     load = os.getloadavg()
     print(
