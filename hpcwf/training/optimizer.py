@@ -25,11 +25,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import kfac_jax
 import optax
 from flax import struct
 
 from hpcwf.parallel.context import AXIS, pmean_coalesced
+from hpcwf.training.kfac_adapter import kfac_jax  # kfac-jax made to work with this jax
 from hpcwf.training.schedule import damping, learning_rate
 
 

@@ -1,0 +1,152 @@
+"""kfac-jax as hpcwf uses it, made to work with every JAX release hpcwf supports.
+
+Import `kfac_jax` from here, never directly, in code that builds a K-FAC optimizer:
+
+    from hpcwf.training.kfac_adapter import kfac_jax
+
+Importing this module (no JAX backend is started, so `jax.distributed.initialize` may still
+follow) does three things, in this one place:
+
+1. Checks the installed versions: jax must be at least `SUPPORTED_JAX[0]` (a newer one than
+   `SUPPORTED_JAX[1]`, the newest tested, is used with a warning), and `kfac_jax.Optimizer` must
+   have every private method that `hpcwf.training.optimizer` calls (`KFAC_PRIVATE_METHODS`;
+   that module splits kfac-jax's step in a local and a global part, so it relies on them).
+   A kfac-jax without one of them raises ImportError naming the method.
+2. Works around the incompatibility of kfac-jax <= 0.0.8 with jax >= 0.9.2. From JAX 0.9.2
+   on, `Primitive.get_bind_params(params)` returns the bind parameters as one dict (the
+   sub-functions of call-like primitives such as `jit`/`custom_jvp_call` ride in it under
+   "subfuns", and `bind` takes them from there); before, it returned a pair
+   `(subfuns, params)`. kfac-jax 0.0.8's `tag_graph_matcher.eval_jaxpr_eqn`, which its
+   tracer uses to re-evaluate the loss function equation by equation, unpacks a pair, so every
+   K-FAC curvature update fails with `ValueError: too many values to unpack (expected 2)`.
+   `eval_jaxpr_eqn` here accepts both forms (the same change as kfac-jax's unreleased fix
+   upstream and as folx 0.2.30's `_split_bind_params`) and replaces kfac-jax's function when
+   the installed JAX has the dict form and kfac-jax lacks the fix.
+3. Exposes what was found: `JAX_VERSION`, `KFAC_JAX_VERSION`, `BIND_PARAMS_IS_DICT`,
+   `PATCHED` (True when kfac-jax's function was replaced).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import warnings
+from typing import Any
+
+import jax
+import jax.extend as jex
+import kfac_jax
+from kfac_jax._src import tag_graph_matcher as _tgm
+
+# The JAX releases the K-FAC tests have been run with (both ends are tested).
+SUPPORTED_JAX = ("0.9.0", "0.10.2")
+# The last kfac-jax release whose graph evaluator only knows the (subfuns, params) form.
+_KFAC_JAX_WITHOUT_DICT_BIND_PARAMS = "0.0.8"
+
+# kfac_jax.Optimizer's private methods that hpcwf.training.optimizer calls.
+KFAC_PRIVATE_METHODS = (
+    "_setup_state_and_schedules",
+    "_init",
+    "_setup_func_args_and_rng",
+    "_update_estimator_curvature",
+    "_compute_loss_and_grads",
+    "_maybe_update_inverse_cache",
+    "_compute_preconditioned_gradient",
+    "_maybe_apply_norm_constraint",
+    "_coefficients_and_quad_change",
+    "_weighted_sum_of_objects",
+    "staging_context",
+    "finalize",
+)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """'0.9.0.1' -> (0, 9, 0, 1); a suffix such as 'rc1' or '.dev...' ends the number."""
+    parts = []
+    for part in version.split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) < len(part):
+            break
+    return tuple(parts)
+
+
+def _installed(dist: str, module: Any = None) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return getattr(module, "__version__", "0")
+
+
+JAX_VERSION = _installed("jax", jax)
+KFAC_JAX_VERSION = _installed("kfac-jax", kfac_jax)
+
+
+def bind_params_is_dict() -> bool:
+    """True when this JAX's `Primitive.get_bind_params` returns one dict (jax >= 0.9.2),
+    False when it returns `(subfuns, params)`. Pure Python: starts no backend."""
+    return isinstance(jex.core.Primitive("hpcwf_bind_params_probe").get_bind_params({}), dict)
+
+
+def eval_jaxpr_eqn(eqn: Any, in_values: list) -> list:
+    """Outputs of one jaxpr equation applied to `in_values` (a list of arrays or tracers), as a
+    list; a drop-in for kfac_jax's `tag_graph_matcher.eval_jaxpr_eqn` that accepts both forms
+    of `Primitive.get_bind_params` (see the module docstring)."""
+    bind_params = eqn.primitive.get_bind_params(eqn.params)
+    if isinstance(bind_params, dict):  # jax >= 0.9.2: subfuns, if any, are in the dict
+        subfuns, params = (), bind_params
+    else:
+        subfuns, params = bind_params
+    with jex.source_info_util.user_context(eqn.source_info.traceback):
+        output = eqn.primitive.bind(*subfuns, *in_values, **params)
+    return list(output) if eqn.primitive.multiple_results else [output]
+
+
+def _check_versions() -> None:
+    low, high = (_version_tuple(v) for v in SUPPORTED_JAX)
+    if _version_tuple(JAX_VERSION) < low:
+        raise ImportError(f"jax {JAX_VERSION} is older than {SUPPORTED_JAX[0]}, the oldest hpcwf supports")
+    if _version_tuple(JAX_VERSION) > high:
+        warnings.warn(
+            f"jax {JAX_VERSION} is newer than {SUPPORTED_JAX[1]}, the newest hpcwf's K-FAC was tested with",
+            stacklevel=2,
+        )
+    missing = [m for m in KFAC_PRIVATE_METHODS if not hasattr(kfac_jax.Optimizer, m)]
+    if missing:
+        raise ImportError(
+            f"kfac-jax {KFAC_JAX_VERSION}: kfac_jax.Optimizer lacks {', '.join(missing)}, which "
+            "hpcwf.training.optimizer needs; install kfac-jax 0.0.8 (constraints.txt)"
+        )
+
+
+def _patch() -> bool:
+    """Replaces kfac-jax's equation evaluator where this JAX needs it; True if replaced."""
+    if not BIND_PARAMS_IS_DICT:
+        return False
+    if _version_tuple(KFAC_JAX_VERSION) > _version_tuple(_KFAC_JAX_WITHOUT_DICT_BIND_PARAMS):
+        return False  # a kfac-jax release after 0.0.8 carries the fix itself
+    # kfac_jax's tracer calls it as `tgm.eval_jaxpr_eqn`, so replacing the module attribute
+    # reaches every call site.
+    _tgm.eval_jaxpr_eqn = eval_jaxpr_eqn
+    return True
+
+
+BIND_PARAMS_IS_DICT = bind_params_is_dict()
+_check_versions()
+PATCHED = _patch()
+
+__all__ = [
+    "BIND_PARAMS_IS_DICT",
+    "JAX_VERSION",
+    "KFAC_JAX_VERSION",
+    "KFAC_PRIVATE_METHODS",
+    "PATCHED",
+    "SUPPORTED_JAX",
+    "eval_jaxpr_eqn",
+    "kfac_jax",
+]
