@@ -17,7 +17,9 @@ import jax
 import numpy as np
 import pytest
 
+from hpcwf.errors import LaunchError
 from hpcwf.io.checkpoint import load_params
+from hpcwf.parallel.context import local_gpu_ids, parse_cuda_visible_devices
 from hpcwf.parallel.sharding import geometry_cost, shard_geometries
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
@@ -115,6 +117,35 @@ def _rank_pids(job: Path) -> list[int]:
         if argv and argv[0].decode(errors="ignore") == sys.executable and str(job).encode() in argv:
             pids.append(int(entry.name))
     return pids
+
+
+# ---- GPUs of a rank ----------------------------------------------------------------------------
+
+
+def test_cuda_visible_devices_parse_like_cuda():
+    assert parse_cuda_visible_devices("0,1") == ("0", "1")
+    assert parse_cuda_visible_devices(" 3 , GPU-8a1f,MIG-77c2") == ("3", "GPU-8a1f", "MIG-77c2")
+    # CUDA ends the list at the first entry it cannot read; SLURM writes NoDevFiles for none.
+    assert parse_cuda_visible_devices("0,-1,2") == ("0",)
+    assert parse_cuda_visible_devices("") == parse_cuda_visible_devices("NoDevFiles") == ()
+
+
+def test_each_rank_gets_its_own_gpus():
+    """Ranks of a node that see the same GPUs split them; ranks bound to their own GPUs (srun
+    --gpus-per-task) keep theirs: never two ranks on one GPU, never a device index that the
+    rank does not have (jax's default under srun, [SLURM_LOCALID], is one when bound)."""
+    shared4, shared2, shared3 = [("0", "1", "2", "3")] * 2, [("0", "1")] * 2, [("0", "1", "2")] * 2
+    assert [local_gpu_ids(shared4, r) for r in (0, 1)] == [[0, 1], [2, 3]]
+    assert [local_gpu_ids(shared2, r) for r in (0, 1)] == [[0], [1]]
+    assert [local_gpu_ids(shared3, r) for r in (0, 1)] == [[0], [1]]  # GPU 2 stays idle
+    bound = [("2",), ("3",), ("0",), ("1",)]  # CUDA_VISIBLE_DEVICES per task
+    assert [local_gpu_ids(bound, r) for r in range(4)] == [[0]] * 4
+    bound2 = [("0", "1"), ("2", "3")]
+    assert [local_gpu_ids(bound2, r) for r in (0, 1)] == [[0, 1], [0, 1]]
+    assert local_gpu_ids([(), ()], 1) is None  # CPU
+    assert local_gpu_ids([("0", "1")], 0) == [0, 1]  # one rank: all of them
+    with pytest.raises(LaunchError, match="3 ranks on this node share 2 GPU"):
+        local_gpu_ids([("0", "1")] * 3, 2)
 
 
 # ---- sharding ----------------------------------------------------------------------------------

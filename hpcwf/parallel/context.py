@@ -55,22 +55,78 @@ def pmean_coalesced(tree):
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _visible_gpu_count() -> int:
-    """GPUs this process may see, without initializing a JAX backend."""
+def visible_gpus() -> tuple[str, ...]:
+    """The GPUs this process may use, as CUDA names them (ordinals, `GPU-<uuid>`, `MIG-<uuid>`),
+    without initializing a JAX backend: CUDA_VISIBLE_DEVICES where set (SLURM sets it for its
+    GPU allocations), else one per /dev/nvidia<N>. Empty without GPUs, without a JAX GPU plugin
+    (jax-cuda12-plugin), or when JAX_PLATFORMS names no GPU platform."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").lower()
+    if platforms and not any(p in platforms for p in ("cuda", "gpu", "rocm")):
+        return ()
+    if not _gpu_backend_installed():
+        return ()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    return len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()])
+        return parse_cuda_visible_devices(visible)
+    if not os.path.isdir("/dev"):
+        return ()
+    return tuple(
+        sorted((d[6:] for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()), key=int)
+    )
+
+
+def parse_cuda_visible_devices(value: str) -> tuple[str, ...]:
+    """The devices a CUDA_VISIBLE_DEVICES value names, in order: ordinals, `GPU-<uuid>`,
+    `MIG-<uuid>`; like CUDA, the list ends at the first entry that is none of these ("-1",
+    "NoDevFiles", an empty entry)."""
+    names = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        names.append(entry)
+    return tuple(names)
+
+
+def local_gpu_ids(visible_by_local_rank: list[tuple[str, ...]], local_rank: int) -> list[int] | None:
+    """Which of its visible GPUs (CUDA ordinals within CUDA_VISIBLE_DEVICES) this rank takes,
+    given what every rank on this node sees (`visible_gpus()` of each, by local rank).
+
+    - no GPU visible here: None (CPU; nothing to choose).
+    - every rank of the node sees the same GPUs (mpiexec, or srun without GPU binding): the
+      node's ranks split them in equal consecutive shares, rank k taking share k; leftover
+      GPUs (count not a multiple of the ranks) stay unused.
+    - the ranks see different GPUs (srun --gpus-per-task / --gpu-bind, or a wrapper that sets
+      CUDA_VISIBLE_DEVICES per rank): each rank takes all of its own.
+
+    The choice is always explicit: left unset, `jax.distributed.initialize` would take device
+    [SLURM_LOCALID] under srun, which does not exist when SLURM binds one GPU per task.
+
+    Raises:
+        LaunchError: the ranks share GPUs but are more than the GPUs (a GPU per rank at least).
+    """
+    mine = visible_by_local_rank[local_rank]
+    if not mine:
+        return None
+    n_ranks = len(visible_by_local_rank)
+    if any(v != mine for v in visible_by_local_rank):
+        return list(range(len(mine)))
+    if len(mine) < n_ranks:
+        from hpcwf.errors import LaunchError
+
+        raise LaunchError(
+            f"{n_ranks} ranks on this node share {len(mine)} GPU(s) ({','.join(mine)}): start at "
+            f"most {len(mine)} rank(s) per node, or bind GPUs per task (srun --gpus-per-task)"
+        )
+    per_rank = len(mine) // n_ranks
+    return list(range(local_rank * per_rank, (local_rank + 1) * per_rank))
 
 
 def _gpu_backend_installed() -> bool:
     import importlib.util
 
-    if os.environ.get("JAX_PLATFORMS", "").lower() in ("cpu",):
-        return False
     return any(
         importlib.util.find_spec(name) is not None
-        for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin")
+        for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
     )
 
 
@@ -263,13 +319,15 @@ def init_parallel() -> ParallelContext:
     """Sets up MPI and JAX for this process (once); later calls return the same context.
 
     With more than one rank: rank 0 picks a coordinator address and broadcasts it, every rank
-    calls `jax.distributed.initialize`; on GPUs each rank takes its share of the node's
-    visible GPUs by local rank, on CPU the collectives go through gloo.
+    calls `jax.distributed.initialize`; on GPUs each rank takes the GPUs `local_gpu_ids` gives
+    it (its share of the node's GPUs, or all of its own where SLURM binds GPUs per task), on
+    CPU the collectives go through gloo. One rank uses every GPU it sees.
     """
     global _CONTEXT
     if _CONTEXT is not None:
         return _CONTEXT
     comm, rank, size, local_rank, local_size = None, 0, 1, 0, 1
+    gpu_ids: list[int] | None = None  # this rank's GPUs among those it sees; None: CPU or one rank
     if _launched_by_mpi():
         from mpi4py import MPI
 
@@ -287,7 +345,18 @@ def init_parallel() -> ParallelContext:
             rank, size = world.Get_rank(), world.Get_size()
             node = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
             local_rank, local_size = node.Get_rank(), node.Get_size()
+            visible_by_local_rank = node.allgather(visible_gpus())
             node.Free()
+            # Decided on every rank, failed on every rank (no rank waits alone in a collective).
+            from hpcwf.errors import LaunchError
+
+            try:
+                gpu_ids, problem = local_gpu_ids(visible_by_local_rank, local_rank), None
+            except LaunchError as err:
+                gpu_ids, problem = None, str(err)
+            problems = [p for p in world.allgather(problem) if p]
+            if problems:
+                raise LaunchError(problems[0])
 
     import jax
 
@@ -299,15 +368,21 @@ def init_parallel() -> ParallelContext:
             address = f"{host}:{_free_port()}"
         address = comm.bcast(address, root=0)
         kwargs = {}
-        n_gpus = _visible_gpu_count() if _gpu_backend_installed() else 0
-        if n_gpus > local_size:  # every rank sees the node's GPUs: take our share
-            per_rank = n_gpus // local_size
-            kwargs["local_device_ids"] = list(range(local_rank * per_rank, (local_rank + 1) * per_rank))
+        if gpu_ids is not None and not os.environ.get("JAX_LOCAL_DEVICE_IDS"):  # the user's choice wins
+            kwargs["local_device_ids"] = gpu_ids
         jax.distributed.initialize(address, num_processes=size, process_id=rank, **kwargs)
 
     import numpy as np
     from jax.sharding import Mesh
 
+    if comm is not None:
+        counts = comm.allgather(jax.local_device_count())
+        if len(set(counts)) > 1:  # the global pmean over devices would weight ranks unequally
+            from hpcwf.errors import LaunchError
+
+            raise LaunchError(
+                f"ranks have different numbers of devices {counts}: give every rank as many GPUs"
+            )
     local_mesh = Mesh(np.array(jax.local_devices()), (LOCAL_AXIS,))
     global_mesh = Mesh(np.array(jax.devices()), (AXIS,))
     exit_comm = None if comm is None else comm.Dup()
