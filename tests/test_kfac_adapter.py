@@ -1,6 +1,7 @@
-"""kfac-jax on the installed JAX (hpcwf.training.kfac_adapter): its equation evaluator and a
-whole K-FAC step. Without the adapter both fail on jax >= 0.9.2 with kfac-jax 0.0.8
-(`ValueError: too many values to unpack`). Cost: ~5 s."""
+"""kfac-jax on the installed JAX (hpcwf.training.kfac_adapter): its equation evaluator, its
+replication of pytrees over devices and a whole K-FAC step. Without the adapter they fail with
+kfac-jax 0.0.8 on jax >= 0.9.2 (`ValueError: too many values to unpack`) and on jax >= 0.10
+(`jax.device_put_replicated` is gone). Cost: ~5 s."""
 
 import jax
 import jax.numpy as jnp
@@ -96,3 +97,16 @@ def test_kfac_step_solves_linear_least_squares():
     np.testing.assert_allclose(params["w"], w_true, atol=2e-4)
     np.testing.assert_allclose(params["b"], b_true, atol=2e-4)
     assert float(loss(params, batch)) < 1e-6
+
+
+def test_kfac_jax_replicates_over_local_devices():
+    """kfac_jax.utils.replicate_all_local_devices (used by kfac-jax's multi-device methods and
+    to set up `Optimizer.step` under pmap): one copy per local device, stacked."""
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "k": jax.random.PRNGKey(1)}
+    n = jax.local_device_count()
+    out = kfac_jax.utils.replicate_all_local_devices(tree)
+    assert out["w"].shape == (n, 2, 3) and out["k"].shape == (n, 2)
+    for leaf, orig in ((out["w"], tree["w"]), (out["k"], tree["k"])):
+        assert {s.device for s in leaf.addressable_shards} == set(jax.local_devices())
+        for s in leaf.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(s.data)[0], orig)

@@ -22,8 +22,15 @@ follow) does three things, in this one place:
    `eval_jaxpr_eqn` here accepts both forms (the same change as kfac-jax's unreleased fix
    upstream and as folx 0.2.30's `_split_bind_params`) and replaces kfac-jax's function when
    the installed JAX has the dict form and kfac-jax lacks the fix.
-3. Exposes what was found: `JAX_VERSION`, `KFAC_JAX_VERSION`, `BIND_PARAMS_IS_DICT`,
-   `PATCHED` (True when kfac-jax's function was replaced).
+3. Works around the removal of `jax.device_put_replicated` in JAX 0.10 (deprecated since
+   0.8; JAX's pmap migration guide gives `jax.device_put` of the stacked copies as its
+   replacement). kfac-jax 0.0.8's `utils.replicate_all_local_devices` calls it when no axis
+   name is given (as in its staged multi-device methods and in user code replicating
+   parameters for `Optimizer.step`); `replicate_all_local_devices` here passes an axis name
+   instead, which takes kfac-jax's own `jax.device_put` path (a pmap over any axis name
+   accepts the result).
+4. Exposes what was found: `JAX_VERSION`, `KFAC_JAX_VERSION`, `BIND_PARAMS_IS_DICT`,
+   `PATCHED` (the names of the kfac-jax functions that were replaced; empty if none).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ import jax
 import jax.extend as jex
 import kfac_jax
 from kfac_jax._src import tag_graph_matcher as _tgm
+from kfac_jax._src import utils as _kfac_utils
+from kfac_jax._src.utils import parallel as _kfac_parallel
 
 # The JAX releases the K-FAC tests have been run with (both ends are tested).
 SUPPORTED_JAX = ("0.9.0", "0.10.2")
@@ -124,16 +133,39 @@ def _check_versions() -> None:
         )
 
 
-def _patch() -> bool:
-    """Replaces kfac-jax's equation evaluator where this JAX needs it; True if replaced."""
-    if not BIND_PARAMS_IS_DICT:
-        return False
-    if _version_tuple(KFAC_JAX_VERSION) > _version_tuple(_KFAC_JAX_WITHOUT_DICT_BIND_PARAMS):
-        return False  # a kfac-jax release after 0.0.8 carries the fix itself
-    # kfac_jax's tracer calls it as `tgm.eval_jaxpr_eqn`, so replacing the module attribute
-    # reaches every call site.
-    _tgm.eval_jaxpr_eqn = eval_jaxpr_eqn
-    return True
+_original_replicate = _kfac_parallel.replicate_all_local_devices
+
+
+def replicate_all_local_devices(obj: Any, axis_name: str | None = None) -> Any:
+    """kfac_jax.utils.replicate_all_local_devices for JAX without `device_put_replicated`:
+    every leaf of `obj` stacked once per local device along a new leading axis, one copy on
+    each device. Same result and sharding as kfac-jax's own path for a given axis name."""
+    return _original_replicate(obj, axis_name=axis_name or "kfac_axis")
+
+
+def _has_device_put_replicated() -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return hasattr(jax, "device_put_replicated")
+
+
+def _patch() -> tuple[str, ...]:
+    """Replaces the kfac-jax functions this JAX needs replaced; returns their names."""
+    patched = []
+    # A kfac-jax release after 0.0.8 carries both fixes itself.
+    old_kfac = _version_tuple(KFAC_JAX_VERSION) <= _version_tuple(_KFAC_JAX_WITHOUT_DICT_BIND_PARAMS)
+    if old_kfac and BIND_PARAMS_IS_DICT:
+        # kfac_jax's tracer calls it as `tgm.eval_jaxpr_eqn`: replacing the module attribute
+        # reaches every call site.
+        _tgm.eval_jaxpr_eqn = eval_jaxpr_eqn
+        patched.append("tag_graph_matcher.eval_jaxpr_eqn")
+    if old_kfac and not _has_device_put_replicated():
+        # Called as `parallel.replicate_all_local_devices` inside kfac-jax and as
+        # `kfac_jax.utils.replicate_all_local_devices` (a re-export) outside.
+        _kfac_parallel.replicate_all_local_devices = replicate_all_local_devices
+        _kfac_utils.replicate_all_local_devices = replicate_all_local_devices
+        patched.append("utils.replicate_all_local_devices")
+    return tuple(patched)
 
 
 BIND_PARAMS_IS_DICT = bind_params_is_dict()
@@ -149,4 +181,5 @@ __all__ = [
     "SUPPORTED_JAX",
     "eval_jaxpr_eqn",
     "kfac_jax",
+    "replicate_all_local_devices",
 ]
