@@ -2,7 +2,9 @@
 # GPU benchmark: seconds per optimization step and peak GPU memory of hpcwf's VMC (K-FAC) for
 # model sizes S/M/L on LiH, N2 and a mini foundation set (3 compounds x 2 geometries,
 # inputs/datasets/foundation_cpu.toml), on 1 GPU (1 rank) and on 2 ranks x 1 GPU (mpiexec,
-# when 2 GPUs are visible). Prints one table row per run.
+# when 2 GPUs are visible). Prints one table row per run. Ranks hold different geometries
+# (hpcwf's data parallelism): on 2 ranks LiH and N2 are two geometries each (equilibrium and
+# stretched by 0.1 bohr), the mini set is split 3 + 3.
 #
 #   benchmarks/gpu.sh [--dry-run] [--cpu] [--steps N] [--walkers N] [--mcmc-steps N]
 #                     [--sizes "S M L"] [--systems "lih n2 mini"] [--layouts "1x1 2x1"] [--out DIR]
@@ -79,22 +81,30 @@ fi
 echo "python: $PYTHON; runs in $OUT"
 
 # ---- jobs ------------------------------------------------------------------------------------
-geometry() {  # the [[geometry]] tables or dataset line of a system
-  case $1 in
-    lih) printf '[[geometry]]\nname = "LiH"\natoms = [["Li", 0.0, 0.0, 0.0], ["H", 3.015, 0.0, 0.0]]\n' ;;
-    n2) printf '[[geometry]]\nname = "N2"\natoms = [["N", 0.0, 0.0, 0.0], ["N", 2.068, 0.0, 0.0]]\n' ;;
+geometry() {  # geometry SYSTEM RANKS: the [[geometry]] tables or dataset line of a system
+  # hpcwf gives every rank its own geometries, so a single molecule on 2 ranks is two
+  # geometries: the equilibrium one and one stretched by 0.1 bohr (same shapes, same cost).
+  local system=$1 ranks=$2 i
+  case $system in
     mini) printf 'dataset = "%s"\n' "$ROOT/inputs/datasets/foundation_cpu.toml" ;;
+    lih | n2)
+      for ((i = 0; i < ranks; i++)); do
+        if [[ $system == lih ]]; then
+          printf '[[geometry]]\nname = "LiH_%d"\natoms = [["Li", 0.0, 0.0, 0.0], ["H", %.3f, 0.0, 0.0]]\n' "$i" "$(awk -v i="$i" 'BEGIN { print 3.015 + 0.1 * i }')"
+        else
+          printf '[[geometry]]\nname = "N2_%d"\natoms = [["N", 0.0, 0.0, 0.0], ["N", %.3f, 0.0, 0.0]]\n' "$i" "$(awk -v i="$i" 'BEGIN { print 2.068 + 0.1 * i }')"
+        fi
+      done ;;
   esac
 }
-n_geometries() { case $1 in mini) echo 6 ;; *) echo 1 ;; esac; }
+n_geometries() { case $1 in mini) echo 6 ;; *) echo "$2" ;; esac; }  # n_geometries SYSTEM RANKS
 
-write_job() {  # write_job SYSTEM SIZE DIR
-  local system=$1 size=$2 dir=$3
+write_job() {  # write_job SYSTEM SIZE RANKS DIR
+  local system=$1 size=$2 ranks=$3 dir=$4
   mkdir -p "$dir"
   {
     echo "seed = 0"
-    [[ $system == mini ]] && geometry "$system"
-    [[ $system != mini ]] && geometry "$system"
+    [[ $system != mini ]] || geometry "$system" "$ranks"  # the dataset key before any table
     cat <<TOML
 [model]
 size = "$size"
@@ -114,6 +124,7 @@ every_minutes = 0
 dir = "$dir/run"
 print_every = 10
 TOML
+    [[ $system == mini ]] || geometry "$system" "$ranks"
   } >"$dir/job.toml"
 }
 
@@ -133,11 +144,13 @@ PY
 }
 
 peak_mib() {  # peak_mib SAMPLES BASELINE GPU...: largest rise of memory.used over the run's GPUs
+  # Lines are "index, uuid, MiB"; a GPU is named by index or UUID (CUDA_VISIBLE_DEVICES may hold either).
   local samples=$1 baseline=$2; shift 2
   awk -F', *' -v gpus="$*" '
-    NR == FNR { base[$1] = $2; next }
-    { if ($2 - base[$1] > peak[$1]) peak[$1] = $2 - base[$1] }
-    END { n = split(gpus, g, " "); m = 0; for (i = 1; i <= n; i++) if (peak[g[i]] > m) m = peak[g[i]]; print m }
+    BEGIN { n = split(gpus, g, " "); for (i = 1; i <= n; i++) want[g[i]] = 1 }
+    NR == FNR { base[$1] = $3; next }
+    ($1 in want) || ($2 in want) { if ($3 - base[$1] > m) m = $3 - base[$1] }
+    END { print m + 0 }
   ' "$baseline" "$samples"
 }
 
@@ -151,11 +164,11 @@ for system in $SYSTEMS; do
     for layout in $LAYOUTS; do
       ranks=${layout%x1}
       dir=$OUT/$system-$size-$layout
-      write_job "$system" "$size" "$dir"
+      write_job "$system" "$size" "$ranks" "$dir"
       if ! check=$(PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m hpcwf check "$dir/job.toml" 2>&1); then
         row "$system" "$size" "$layout" "-" "$WALKERS" "-" "-" "-" "job invalid: $check"; failed=1; continue
       fi
-      geoms=$(n_geometries "$system")
+      geoms=$(n_geometries "$system" "$ranks")
       warm=$(( (geoms + ranks - 1) / ranks * 2 + 2 ))  # first visits of every geometry of a rank's shard
       if ((warm >= STEPS)); then
         row "$system" "$size" "$layout" "$geoms" "$WALKERS" "$STEPS" "-" "-" "needs --steps > $warm"; failed=1; continue
@@ -169,6 +182,7 @@ for system in $SYSTEMS; do
           row "$system" "$size" "$layout" "$geoms" "$WALKERS" "-" "-" "-" "skipped: ${#GPUS[@]} GPU(s)"; continue
         fi
         used=("${GPUS[@]:0:ranks}")
+        ((${#used[@]})) || used=($(seq 0 $((ranks - 1))))  # dry run without GPUs: what it would use
         env_run+=(CUDA_VISIBLE_DEVICES="$(IFS=,; echo "${used[*]}")")
       fi
       cmd=("$PYTHON" -m hpcwf run "$dir/job.toml")
@@ -183,8 +197,8 @@ for system in $SYSTEMS; do
       fi
       sampler=""
       if ((${#used[@]})); then
-        nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits >"$dir/mem_before.csv"
-        nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 100 >"$dir/mem.csv" &
+        nvidia-smi --query-gpu=index,uuid,memory.used --format=csv,noheader,nounits >"$dir/mem_before.csv"
+        nvidia-smi --query-gpu=index,uuid,memory.used --format=csv,noheader,nounits -lms 100 >"$dir/mem.csv" &
         sampler=$!
       fi
       echo "running $system $size $layout ..." >&2
@@ -194,7 +208,7 @@ for system in $SYSTEMS; do
       if [[ -n $sampler ]]; then
         kill "$sampler" 2>/dev/null || true
         wait "$sampler" 2>/dev/null || true
-        peak=$(peak_mib "$dir/mem.csv" "$dir/mem_before.csv" "${used[@]/#/}")
+        peak=$(peak_mib "$dir/mem.csv" "$dir/mem_before.csv" "${used[@]}")
       fi
       if [[ $status == ok ]]; then
         read -r sps n <<<"$(s_per_step "$dir/run" "$warm")"
