@@ -299,15 +299,25 @@ class ParallelContext:
             )
         )
 
+        first_call = [True]
+
         def update(params, state, stats, step: int):
             step = self.local_replicated(jnp.asarray(step, jnp.int32))
-            out = program(
+            args = (
                 self._to_global(params, False),
                 self._to_global(state, False),
                 self._to_global(stats, True),
                 self._to_global(step, False),
             )
-            return self._to_local(out)
+            if first_call[0] and self.comm is not None:
+                # Compile first (jit reuses it), then meet, then run: the first collective
+                # starts gloo's rendezvous, which gives up after 30 s. Ranks reach it at very
+                # different times when some load their programs from the persistent
+                # compilation cache (JAX writes entries from rank 0 only) while others compile.
+                program.lower(*args).compile()
+                self.barrier()
+                first_call[0] = False
+            return self._to_local(program(*args))
 
         return update
 
