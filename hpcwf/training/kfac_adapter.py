@@ -5,7 +5,7 @@ Import `kfac_jax` from here, never directly, in code that builds a K-FAC optimiz
     from hpcwf.training.kfac_adapter import kfac_jax
 
 Importing this module (no JAX backend is started, so `jax.distributed.initialize` may still
-follow) does three things, in this one place:
+follow) does, in this one place:
 
 1. Checks the installed versions: jax must be at least `SUPPORTED_JAX[0]` (a newer one than
    `SUPPORTED_JAX[1]`, the newest tested, is used with a warning), and `kfac_jax.Optimizer` must
@@ -22,9 +22,8 @@ follow) does three things, in this one place:
    `eval_jaxpr_eqn` here accepts both forms (the same change as kfac-jax's unreleased fix
    upstream and as folx 0.2.30's `_split_bind_params`) and replaces kfac-jax's function when
    the installed JAX has the dict form and kfac-jax lacks the fix.
-3. Works around the removal of `jax.device_put_replicated` in JAX 0.10 (deprecated since
-   0.8; JAX's pmap migration guide gives `jax.device_put` of the stacked copies as its
-   replacement). kfac-jax 0.0.8's `utils.replicate_all_local_devices` calls it when no axis
+3. Works around the removal of `jax.device_put_replicated` in JAX 0.10 (JAX's pmap migration
+   guide gives `jax.device_put` of the stacked copies as its replacement). kfac-jax 0.0.8's `utils.replicate_all_local_devices` calls it when no axis
    name is given (as in its staged multi-device methods and in user code replicating
    parameters for `Optimizer.step`); `replicate_all_local_devices` here passes an axis name
    instead, which takes kfac-jax's own `jax.device_put` path (a pmap over any axis name
