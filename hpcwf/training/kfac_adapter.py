@@ -23,11 +23,11 @@ follow) does, in this one place:
    upstream and as folx 0.2.30's `_split_bind_params`) and replaces kfac-jax's function when
    the installed JAX has the dict form and kfac-jax lacks the fix.
 3. Works around the removal of `jax.device_put_replicated` in JAX 0.10 (JAX's pmap migration
-   guide gives `jax.device_put` of the stacked copies as its replacement). kfac-jax 0.0.8's `utils.replicate_all_local_devices` calls it when no axis
-   name is given (as in its staged multi-device methods and in user code replicating
-   parameters for `Optimizer.step`); `replicate_all_local_devices` here passes an axis name
-   instead, which takes kfac-jax's own `jax.device_put` path (a pmap over any axis name
-   accepts the result).
+   guide gives `jax.device_put` of the stacked copies as its replacement). kfac-jax 0.0.8's
+   `utils.replicate_all_local_devices` calls it when no axis name is given (as in its staged
+   multi-device methods and in user code replicating parameters for `Optimizer.step`);
+   `replicate_all_local_devices` here passes an axis name instead, which takes kfac-jax's own
+   `jax.device_put` path (a pmap over any axis name accepts the result).
 4. Exposes what was found: `JAX_VERSION`, `KFAC_JAX_VERSION`, `BIND_PARAMS_IS_DICT`,
    `PATCHED` (the names of the kfac-jax functions that were replaced; empty if none).
 """
