@@ -89,6 +89,28 @@ def pmean_statistics(stats: LocalStatistics) -> LocalStatistics:
     return pmean_coalesced(stats)
 
 
+class RepeatedDenseBlock(kfac_jax.RepeatedDenseKroneckerFactored):
+    """kfac-jax's block for dense layers applied along extra axes, safe when a layer sees no data.
+
+    kfac-jax scales this block's curvature by 1 / (average number of non-masked repeats per
+    walker), masking a repeat when its output gradient is exactly zero. Some of our layers have
+    no unmasked repeat on some molecules: the context GNN's edge MLP on a single atom (its only
+    edge is the self-edge, multiplied by 0), the electron-electron stream of a one-electron
+    system, and every layer of the spin-down orbital maps when n_dn = 0 (applied to
+    [n_walkers, n_atoms, 0, d] arrays). There the average is 0 and kfac-jax's scale is 1/0 =
+    inf, which turns the preconditioned gradient, and through the norm constraint every
+    parameter, into NaN. Those layers' factors are then exactly zero, so any finite scale gives
+    the same (damping-only) block; we use 1.
+
+    Checkpoints are unaffected: the block state is kfac-jax's own.
+    """
+
+    def state_dependent_scale(self, state: kfac_jax.RepeatedDenseKroneckerFactored.State):
+        repeats = state.average_repeats.value
+        seen = repeats > 0  # also False for NaN (0/0 before the first update)
+        return jnp.where(seen, 1.0 / jnp.where(seen, repeats, 1.0), 1.0)
+
+
 class KFACOptimizer:
     """kfac-jax's K-FAC with its step split in two (kfac-jax's own internals, so the
     curvature blocks, inverses, damping and norm constraint are exactly kfac-jax's):
@@ -124,6 +146,7 @@ class KFACOptimizer:
             distributed_inverses=False,
             distributed_precon_apply=False,
             include_norms_in_stats=True,
+            layer_tag_to_block_ctor={"repeated_dense": RepeatedDenseBlock},
         )
         self._init = jax.jit(self._init_fn)
         self._local = jax.jit(self._local_fn)
