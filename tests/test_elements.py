@@ -23,7 +23,6 @@ import flax.linen as nn
 import h5py
 import jax
 import jax.numpy as jnp
-import kfac_jax
 import numpy as np
 import pytest
 
@@ -36,6 +35,7 @@ from hpcwf.model.wavefunction import build_wavefunction, init_params, log_abs_ps
 from hpcwf.parallel import init_parallel
 from hpcwf.systems.hartree_fock import run_hartree_fock
 from hpcwf.systems.molecule import Molecule
+from hpcwf.training.kfac_adapter import kfac_jax
 from hpcwf.training.optimizer import KFACOptimizer, ScheduleSettings, make_optimizer
 from hpcwf.training.vmc import (
     GeometryState,
