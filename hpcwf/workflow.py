@@ -738,26 +738,8 @@ class VMCTrainer:
         self.cfg, self.systems, self.root, self.log, self.stop, self.ctx = cfg, systems, root, log, stop, ctx
         self.faults = faults
         o = cfg.optimization
-        if finetune:  # fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3)
-            schedule = ScheduleSettings(
-                o.learning_rate * cfg.init.lr_factor,
-                o.lr_decay_steps,
-                cfg.init.lr_offset,
-                cfg.init.damping,
-                cfg.init.damping,
-                o.damping_decay_steps,
-                o.norm_constraint,
-            )
-        else:
-            schedule = ScheduleSettings(
-                o.learning_rate,
-                o.lr_decay_steps,
-                o.lr_offset,
-                o.damping,
-                o.damping_initial,
-                o.damping_decay_steps,
-                o.norm_constraint,
-            )
+        # Fine-tuning: fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3).
+        schedule = ScheduleSettings.from_config(o, cfg.init if finetune else None)
         self.log_abs_psi = log_abs_psi_fn(model)
         self.local_energy = make_local_energy(self.log_abs_psi, "forward")
         self.optimizer = make_optimizer(

@@ -44,7 +44,7 @@ def problem():
     energies = rng.normal(size=(N_STEPS, N_WALKERS)).astype(np.float32)
     centered = energies - energies.mean(axis=1, keepdims=True)
     loss = make_energy_loss(log_abs_psi_fn(model))
-    schedule = ScheduleSettings(0.05, 1000.0, 0.0, 1e-3, 1e-3, 1000.0, 1e-3)
+    schedule = ScheduleSettings(0.05, 1000.0, 0.0, 1e-3, 1e-3, 1000.0, 1e-3, "fisher_scaled", 0.95)
     return data, params, electrons, centered, loss, schedule
 
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from hpcwf.io.config import InitConfig, OptimizationConfig
 from hpcwf.parallel.context import AXIS, pmean_coalesced
 from hpcwf.training.kfac_adapter import kfac_jax  # kfac-jax made to work with this jax
 from hpcwf.training.schedule import damping, learning_rate
@@ -35,7 +36,17 @@ from hpcwf.training.schedule import damping, learning_rate
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleSettings:
-    """lr(t) = lr0 / (1 + (t + offset)/decay); damping(t) = max(min, initial * exp(-t/decay))."""
+    """The optimizer's schedules and K-FAC settings for one run (no defaults of its own: they
+    are the `[optimization]` keys of hpcwf.io.config, see `from_config`).
+
+    lr(t) = learning_rate / (1 + (t + lr_offset) / lr_decay_steps)
+    damping(t) = max(damping, damping_initial * exp(-t / damping_decay_steps))
+    norm constraint, with g the gradient and F^-1 g the preconditioned gradient (kfac-jax
+    Optimizer, norm_constraint; DeepErwin's kfac-jax fork, norm_constraint_mode):
+      "fisher_scaled": the step d = -lr F^-1 g is scaled down until  d.F.d  = lr^2 g.F^-1 g <= c
+      "fisher":        F^-1 g is scaled down until g.F^-1 g <= c, then d = -lr F^-1 g
+    curvature_ema: weight of the old curvature estimate in its moving average.
+    """
 
     learning_rate: float
     lr_decay_steps: float
@@ -44,6 +55,23 @@ class ScheduleSettings:
     damping_initial: float
     damping_decay_steps: float
     norm_constraint: float
+    norm_constraint_mode: str
+    curvature_ema: float
+
+    @classmethod
+    def from_config(cls, o: OptimizationConfig, init: InitConfig | None = None) -> ScheduleSettings:
+        """The settings of `[optimization]` `o`; with `init` (fine-tuning from a checkpoint,
+        METHOD 2.3) the lr is multiplied by init.lr_factor, the schedule offset is
+        init.lr_offset and the damping is constant init.damping."""
+        fields = {f.name: getattr(o, f.name) for f in dataclasses.fields(cls)}
+        if init is not None:
+            fields.update(
+                learning_rate=o.learning_rate * init.lr_factor,
+                lr_offset=init.lr_offset,
+                damping=init.damping,
+                damping_initial=init.damping,
+            )
+        return cls(**fields)
 
     def lr(self, t):
         return learning_rate(t, self.learning_rate, self.lr_decay_steps, self.lr_offset)
@@ -137,7 +165,7 @@ class KFACOptimizer:
             damping_schedule=schedule.damping_at,
             norm_constraint=schedule.norm_constraint,
             estimation_mode="fisher_exact",
-            curvature_ema=0.95,
+            curvature_ema=schedule.curvature_ema,
             inverse_update_period=1,
             min_damping=1e-8,
             num_burnin_steps=0,
@@ -202,7 +230,9 @@ class KFACOptimizer:
             )
             state = opt._maybe_update_inverse_cache(state, precon_damping)
             precon = opt._compute_preconditioned_gradient(state, grads, precon_damping)
-            precon, _ = opt._maybe_apply_norm_constraint(grads, precon, lr)
+            # kfac-jax bounds lr^2 g.F^-1 g; "fisher" bounds g.F^-1 g (lr applied afterwards).
+            scale = lr if self.schedule.norm_constraint_mode == "fisher_scaled" else jnp.ones_like(lr)
+            precon, _ = opt._maybe_apply_norm_constraint(grads, precon, scale)
             vectors = (precon, state.velocities)
             coefficients, _ = opt._coefficients_and_quad_change(
                 state, vectors, grads, lr, momentum, damp, None, False

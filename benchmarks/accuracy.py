@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Single-system accuracy of hpcwf with its default settings: atoms He, B..Ne and LiH, H2O, N2.
+
+Every system runs as its own `hpcwf run` subprocess (model S, one process, every setting at its
+default except `[optimization] steps`), so time and memory are its own. Geometries, spins and
+reference energies (with sources) come from inputs/datasets/accuracy.toml, written by
+inputs/make_datasets.py and listed in inputs/references.md.
+
+Prints per system: optimization steps, evaluated energy +- blocking error (Ha), reference (Ha),
+error (mHa), median seconds per optimization step (compile excluded), wall time of the whole
+job (HF, pre-training, compile, optimization, evaluation) and the job's peak resident memory.
+
+    python benchmarks/accuracy.py [--systems LiH H2O ...] [--steps N | --steps He=1000 LiH=2000]
+                                  [--out DIR]
+
+On a shared machine the times depend on the load (energies do not): note it with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import tomli_w
+import tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = REPO / "inputs" / "datasets" / "accuracy.toml"
+CHEMICAL_ACCURACY_MHA = 1.6
+
+
+def load_systems() -> dict[str, dict]:
+    """Name -> [[geometry]] table of inputs/datasets/accuracy.toml (bohr, Ha)."""
+    tables = tomllib.loads(DATASET.read_text())["geometry"]
+    return {t["name"]: t for t in tables}
+
+
+def parse_steps(values: list[str], names: list[str]) -> dict[str, int]:
+    """`--steps N` (all systems) and/or `NAME=N` items; 0 = hpcwf's default steps."""
+    steps = dict.fromkeys(names, 0)
+    for item in values:
+        name, _, n = item.rpartition("=")
+        if not name:
+            steps = dict.fromkeys(names, int(n))
+        elif name not in steps:
+            sys.exit(f"--steps {item}: {name} is not among --systems")
+        else:
+            steps[name] = int(n)
+    return steps
+
+
+def run_system(geometry: dict, steps: int, out: Path) -> dict:
+    """Runs one job and returns its row of the results table."""
+    name = geometry["name"]
+    run_dir = out / name
+    job: dict = {"geometry": [geometry], "output": {"dir": str(run_dir), "print_every": 100}}
+    if steps:
+        job["optimization"] = {"steps": steps}
+    job_file = out / f"{name}.toml"
+    job_file.write_text(tomli_w.dumps(job))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    t0 = time.perf_counter()
+    with open(out / f"{name}.log", "w") as log:
+        command = [sys.executable, "-m", "hpcwf", "run", str(job_file)]
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # wait4 gives this child's own peak memory (RUSAGE_CHILDREN would be the max over all).
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{name} failed; see {out / f'{name}.log'}")
+    with h5py.File(run_dir / "energies.h5", "r") as f:
+        step_time = f["train/step_time"][:]
+        energy, error = float(f["evaluation/energy"][0]), float(f["evaluation/error"][0])
+        n_steps = len(step_time)
+    reference = geometry["reference_energy"]
+    return {
+        "name": name,
+        "steps": n_steps,
+        "energy": energy,
+        "error": error,
+        "reference": reference,
+        "diff_mha": 1000 * (energy - reference),
+        "s_per_step": float(np.median(step_time[1:])) if n_steps > 1 else float("nan"),
+        "wall_min": wall / 60,
+        "peak_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"\nhpcwf defaults (model S, {rows[0]['walkers']} walkers), one process, {os.cpu_count()} CPU cores, "
+        "OPENBLAS_NUM_THREADS=1"
+    )
+    print(
+        f"{'system':<6} {'steps':>6} {'E (Ha)':>13} {'+-':>8} {'ref (Ha)':>12} {'E-ref (mHa)':>12} "
+        f"{'s/step':>7} {'wall min':>9} {'peak MB':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['name']:<6} {r['steps']:>6} {r['energy']:>13.5f} {r['error']:>8.5f} {r['reference']:>12.5f} "
+            f"{r['diff_mha']:>+12.2f} {r['s_per_step']:>7.3f} {r['wall_min']:>9.1f} {r['peak_mb']:>8.0f}"
+        )
+    print(f"(chemical accuracy: {CHEMICAL_ACCURACY_MHA} mHa)")
+
+
+def main() -> None:
+    systems = load_systems()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--systems", nargs="+", default=list(systems), choices=list(systems))
+    parser.add_argument(
+        "--steps", nargs="+", default=[], help="N for all systems and/or NAME=N (default: hpcwf's default)"
+    )
+    parser.add_argument("--out", default="runs/benchmark_accuracy")
+    args = parser.parse_args()
+    steps = parse_steps(args.steps, args.systems)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO))
+    from hpcwf.io.config import OptimizationConfig
+
+    rows = []
+    for name in args.systems:
+        rows.append(run_system(systems[name], steps[name], out))
+        rows[-1]["walkers"] = OptimizationConfig().batch_size
+        r = rows[-1]
+        print(f"{name}: {r['diff_mha']:+.2f} mHa, {r['steps']} steps, {r['wall_min']:.1f} min", flush=True)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
