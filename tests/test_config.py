@@ -65,7 +65,8 @@ def test_minimal_example_loads_with_defaults(tmp_path):
         section = getattr(cfg, name)
         if name != "output":
             assert section == type(section)(), name
-    assert cfg.optimization.learning_rate == 0.1
+    assert cfg.optimization.schedule == "molecule"
+    assert cfg.optimization.damping == cfg.optimization.damping_initial  # constant damping
     assert cfg.hartree_fock.elements[:3] == ("H", "He", "Li")
     (mol,) = cfg.geometries
     assert mol.name == "LiH" and mol.symbols == ("Li", "H")
@@ -244,6 +245,8 @@ def test_out_of_range(tmp_path, section, text, key):
         ("model", 'size = "XL"', "model.size"),
         ("model", 'orbitals = "gaussian"', "model.orbitals"),
         ("optimization", 'optimizer = "sgd"', "optimization.optimizer"),
+        ("optimization", 'schedule = "paper"', "optimization.schedule"),
+        ("optimization", 'norm_constraint_mode = "l2"', "optimization.norm_constraint_mode"),
         ("init", 'mode = "resume"', "init.mode"),
     ],
 )
@@ -404,6 +407,35 @@ def test_round_trip(tmp_path):
     assert sorted(os.listdir(out.parent)) == ["config.toml"]  # no temp file left behind
     # Sanity: equality really looks at content.
     assert dataclasses.replace(cfg, seed=8) != cfg
+
+
+def test_foundation_preset_resolves_to_concrete_numbers_and_explicit_keys_win(tmp_path):
+    """`schedule = "foundation"` is the paper's long-run schedule (METHOD 2.3): its keys take
+    the preset's values unless the job sets them; the rest keep their defaults."""
+    preset = config_module.SCHEDULE_PRESETS["foundation"]
+    cfg = load_text(tmp_path, LIH + '[optimization]\nschedule = "foundation"\nlearning_rate = 0.02\n')
+    o = cfg.optimization
+    assert (o.lr_decay_steps, o.damping, o.damping_initial) == (20000.0, 2e-3, 1.0)
+    assert o.norm_constraint_mode == "fisher" and o.damping_initial > o.damping  # decaying damping
+    for key, value in preset.items():
+        assert getattr(o, key) == (0.02 if key == "learning_rate" else value), key
+    default = config_module.OptimizationConfig()
+    assert (o.steps, o.batch_size, o.clip_width) == (default.steps, default.batch_size, default.clip_width)
+    # The molecule preset (the default) is the field defaults: an explicit key beats it too.
+    mol = load_text(tmp_path, LIH + "[optimization]\ndamping_initial = 1.0\n").optimization
+    assert mol == dataclasses.replace(default, damping_initial=1.0)
+
+
+def test_resolved_config_holds_the_preset_numbers(tmp_path):
+    """config.toml lists every preset key with its number, and reloads to the same job."""
+    cfg = load_text(tmp_path, LIH + '[optimization]\nschedule = "foundation"\ndamping = 5e-3\n')
+    out = tmp_path / "run" / "config.toml"
+    write_resolved_config(cfg, out)
+    written = tomllib.loads(out.read_text())["optimization"]
+    for key, value in config_module.SCHEDULE_PRESETS["foundation"].items():
+        assert written[key] == (5e-3 if key == "damping" else value), key
+    assert written["schedule"] == "foundation"
+    assert load_job(out) == cfg
 
 
 def test_load_writes_nothing(tmp_path, monkeypatch):
