@@ -63,7 +63,8 @@ def test_all_jobs_load_and_cpu_and_full_variants_pair_up(jobs):
         assert "WALLTIME_PLACEHOLDER" not in text, stem
         if stem.endswith("-cpu"):  # small enough for 2 CPU cores in well under 30 minutes
             assert cfg.model.size == "S" and cfg.optimization.batch_size <= 128, stem
-            assert cfg.optimization.steps <= 1500 and cfg.pretraining.steps <= 8000, stem
+            optimizes = cfg.init.mode != "evaluate"  # an evaluate job ignores optimization.steps
+            assert (cfg.optimization.steps <= 1500 or not optimizes) and cfg.pretraining.steps <= 8000, stem
         else:
             assert cfg.model.size == "L" and cfg.optimization.batch_size == 2048, stem
 
@@ -81,6 +82,23 @@ def test_finetuning_jobs_match_the_run_they_start_from(jobs):
         assert cfg.model == source.model, stem
         assert stem.endswith("-cpu") == source.output.dir.endswith("-cpu"), stem
         n += 1
+    assert n >= 10
+
+
+def test_full_scale_jobs_use_the_foundation_preset(jobs):
+    """Every full-scale job that optimizes takes the paper's schedule from the one preset
+    rather than from copied numbers; the -cpu ones keep the single-molecule default."""
+    n = 0
+    for stem, cfg in jobs.items():
+        if cfg.optimization.steps == 0 or cfg.init.mode == "evaluate":
+            continue
+        text = (REPO / "jobs" / f"{stem}.toml").read_text()
+        if stem.endswith("-cpu"):
+            assert cfg.optimization.schedule == "molecule", stem
+        else:
+            assert cfg.optimization.schedule == "foundation", stem
+            assert "\nlearning_rate = " not in text.split("[optimization]")[1].split("\n[")[0], stem
+            n += 1
     assert n >= 10
 
 
