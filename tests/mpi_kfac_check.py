@@ -87,7 +87,7 @@ def reference(out: str) -> None:
         damping_schedule=schedule.damping_at,
         norm_constraint=schedule.norm_constraint,
         estimation_mode="fisher_exact",
-        curvature_ema=0.95,
+        curvature_ema=schedule.curvature_ema,
         inverse_update_period=1,
         min_damping=1e-8,
         num_burnin_steps=0,
