@@ -43,9 +43,6 @@ learning_rate = 1e-3
 [optimization]
 steps = {steps}
 batch_size = 256
-learning_rate = 0.05
-lr_decay_steps = 10000
-damping_initial = 1e-3
 [mcmc]
 steps_per_update = 10
 burn_in_steps = 100
