@@ -73,8 +73,8 @@ def _check(args) -> int:
     o = cfg.optimization
     print(
         f"ok: {args.job}: {len(cfg.geometries)} geometries in {len(geometry_groups(cfg))} groups, "
-        f"model {cfg.model.size}/{cfg.model.orbitals}, {o.steps} steps x {o.batch_size} walkers, "
-        f"run dir {cfg.output.dir}"
+        f"model {cfg.model.size}/{cfg.model.orbitals}, {o.steps} steps x {o.batch_size} walkers "
+        f"({o.optimizer}, schedule {o.schedule}), run dir {cfg.output.dir}"
     )
     return 0
 
