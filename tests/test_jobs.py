@@ -87,7 +87,8 @@ def test_finetuning_jobs_match_the_run_they_start_from(jobs):
 
 def test_full_scale_jobs_use_the_foundation_preset(jobs):
     """Every full-scale job that optimizes takes the paper's schedule from the one preset
-    rather than from copied numbers; the -cpu ones keep the single-molecule default."""
+    rather than from copied numbers; the -cpu ones use the single-molecule preset (with their
+    own short-run values)."""
     n = 0
     for stem, cfg in jobs.items():
         if cfg.optimization.steps == 0 or cfg.init.mode == "evaluate":
