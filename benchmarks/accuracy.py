@@ -74,7 +74,7 @@ def run_system(geometry: dict, steps: int, out: Path) -> dict:
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{name} failed; see {out / f'{name}.log'}")
-    with h5py.File(run_dir / "energies.h5", "r") as f:
+    with h5py.File(run_dir / "energies.h5", "r", locking=False) as f:
         step_time = f["train/step_time"][:]
         energy, error = float(f["evaluation/energy"][0]), float(f["evaluation/error"][0])
         n_steps = len(step_time)
