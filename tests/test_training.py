@@ -14,6 +14,7 @@ import tomllib
 
 from hpcwf.analysis.statistics import blocking_analysis
 from hpcwf.hamiltonian import make_local_energy
+from hpcwf.io.config import OptimizationConfig
 from hpcwf.mcmc import init_walkers, initial_electrons, make_mcmc_sweep
 from hpcwf.model.geometry import geometry_data
 from hpcwf.systems.hartree_fock import run_hartree_fock
@@ -217,8 +218,11 @@ def test_finetune_from_checkpoint_and_shared_hf_cache(h2_run, tmp_path):
     assert "pretrain" not in first.stdout and "computed" in first.stdout
     with h5py.File(tmp_path / "a" / "energies.h5", "r") as f:
         lr = f["train/learning_rate"][:]
-    # lr(t) = 0.1 * 0.2 / (1 + (t + 32000) / 20000): fine-tuning defaults of [init].
-    np.testing.assert_allclose(lr, [0.02 / (1 + (t + 32000) / 20000) for t in range(3)], rtol=1e-5)
+    # lr(t) = lr0 * 0.2 / (1 + (t + 32000) / t0): fine-tuning defaults of [init] on the default
+    # preset's lr0 and t0.
+    o = OptimizationConfig()
+    expected = [o.learning_rate * 0.2 / (1 + (t + 32000) / o.lr_decay_steps) for t in range(3)]
+    np.testing.assert_allclose(lr, expected, rtol=1e-5)
     second = subprocess.run(
         [sys.executable, "-m", "hpcwf", "run", str(tmp_path / "b.toml")], capture_output=True, text=True
     )
