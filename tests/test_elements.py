@@ -49,17 +49,9 @@ from hpcwf.workflow import place_walkers
 N_WALKERS, N_STEPS, N_DET = 8, 3, 2
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 
-# The job defaults (paper schedule: damping 1 decaying to 1e-3, lr 0.1, norm constraint 1e-3).
+# The job defaults ("molecule" preset). The 1/0 curvature scale does not depend on the schedule.
 _D = OptimizationConfig()
-SCHEDULE = ScheduleSettings(
-    _D.learning_rate,
-    _D.lr_decay_steps,
-    _D.lr_offset,
-    _D.damping,
-    _D.damping_initial,
-    _D.damping_decay_steps,
-    _D.norm_constraint,
-)
+SCHEDULE = ScheduleSettings.from_config(_D)
 
 # (name, atoms, charge, spin = n_up - n_dn, model size, orbitals, optimizer). Atoms in their
 # ground-state spins (Hund), then the one-electron / n_dn = 0 / ion cases.
