@@ -177,7 +177,7 @@ def test_kfac_layers_without_data_get_a_damping_only_block():
         kfac_jax.register_squared_error_loss(pred[:, None], y[:, None])
         return jnp.mean((pred - y) ** 2), {}
 
-    opt = KFACOptimizer(loss, ScheduleSettings(0.1, 1e4, 0, 1e-3, 1e-3, 1e4, 1e-2), 16)
+    opt = KFACOptimizer(loss, ScheduleSettings(0.1, 1e4, 0, 1e-3, 1e-3, 1e4, 1e-2, "fisher_scaled", 0.95), 16)
     ctx = init_parallel()
     update = ctx.make_global_update(opt.apply)
     p = ctx.local_replicated(params)
