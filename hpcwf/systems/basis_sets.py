@@ -47,6 +47,22 @@ def shell_letter(l: int) -> str:
     return _SHELL_LETTERS[l] if l < len(_SHELL_LETTERS) else f"l={l}"
 
 
+def element_mole(element: str, basis: str):
+    """pyscf Mole of one free atom of `element` at the origin in `basis`: Cartesian functions
+    (cart=True, as hpcwf evaluates them), bohr, lowest spin of its parity. Raises whatever
+    pyscf raises for an unknown basis or element."""
+    from pyscf import gto
+
+    return gto.M(
+        atom=[[element, (0.0, 0.0, 0.0)]],
+        basis=basis,
+        cart=True,
+        unit="Bohr",
+        spin=ELEMENTS[element] % 2,
+        verbose=0,
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def element_basis(basis: str, element: str) -> ElementBasis:
     """Cartesian function count and highest l of `element` in the pyscf basis `basis`.
@@ -56,20 +72,11 @@ def element_basis(basis: str, element: str) -> ElementBasis:
     reports problems as one line. Raises BasisSetError when pyscf cannot build the basis
     (unknown name, element missing from the set, malformed name) or it has no functions.
     """
-    from pyscf import gto
-
     sink = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
-            mol = gto.M(
-                atom=[[element, (0.0, 0.0, 0.0)]],
-                basis=basis,
-                cart=True,
-                unit="Bohr",
-                spin=ELEMENTS[element] % 2,
-                verbose=0,
-            )
+            mol = element_mole(element, basis)
     except Exception as err:  # pyscf raises many kinds (BasisNotFoundError, KeyError, AssertionError)
         text = " ".join(str(err).split()) or type(err).__name__
         raise BasisSetError(f"pyscf cannot build it for {element}: {text}") from None

@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from hpcwf.io.h5files import open_h5, replace_h5
+from hpcwf.systems.basis_sets import element_mole
 from hpcwf.systems.gaussian_basis import GaussianBasis, _cartesian_powers, basis_from_pyscf
 from hpcwf.systems.molecule import ELEMENTS, Molecule
 
@@ -121,19 +122,6 @@ _ARRAY_FIELDS = tuple(
 )
 
 
-def _element_mole(element: str, basis: str):
-    from pyscf import gto
-
-    return gto.M(
-        atom=[[element, (0.0, 0.0, 0.0)]],
-        basis=basis,
-        cart=True,
-        unit="Bohr",
-        spin=ELEMENTS[element] % 2,
-        verbose=0,
-    )
-
-
 @functools.lru_cache(maxsize=64)
 def _layout(basis: str, elements: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
     for el in elements:
@@ -143,7 +131,7 @@ def _layout(basis: str, elements: tuple[str, ...]) -> tuple[tuple[str, int, int]
         raise ValueError(f"descriptor elements contain repeats: {elements}")
     out, offset = [], 0
     for el in elements:
-        size = _element_mole(el, basis).nao  # Cartesian AO count (cart=True)
+        size = element_mole(el, basis).nao  # Cartesian AO count (cart=True)
         out.append((el, offset, size))
         offset += size
     return tuple(out)
