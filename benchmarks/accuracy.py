@@ -12,6 +12,10 @@ job (HF, pre-training, compile, optimization, evaluation) and the job's peak res
 
     python benchmarks/accuracy.py [--systems LiH H2O ...] [--steps N | --steps He=1000 LiH=2000]
                                   [--out DIR]
+    python benchmarks/accuracy.py --report-only [--out DIR]   # table of every finished system
+
+Each finished system's row is kept as DIR/NAME.json, so runs done in several invocations (one
+system at a time on a shared machine) print as one table.
 
 On a shared machine the times depend on the load (energies do not): note it with the results.
 """
@@ -19,6 +23,7 @@ On a shared machine the times depend on the load (energies do not): note it with
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -93,8 +98,9 @@ def run_system(geometry: dict, steps: int, out: Path) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
+    cores = len(os.sched_getaffinity(0))
     print(
-        f"\nhpcwf defaults (model S, {rows[0]['walkers']} walkers), one process, {os.cpu_count()} CPU cores, "
+        f"\nhpcwf defaults (model S, {rows[0]['walkers']} walkers), one process, {cores} CPU core(s), "
         "OPENBLAS_NUM_THREADS=1"
     )
     print(
@@ -117,7 +123,19 @@ def main() -> None:
         "--steps", nargs="+", default=[], help="N for all systems and/or NAME=N (default: hpcwf's default)"
     )
     parser.add_argument("--out", default="runs/benchmark_accuracy")
+    parser.add_argument("--report-only", action="store_true", help="print the table of finished systems")
     args = parser.parse_args()
+    if args.report_only:
+        out = Path(args.out)
+        rows = [
+            json.loads((out / f"{name}.json").read_text())
+            for name in systems
+            if (out / f"{name}.json").exists()
+        ]
+        if not rows:
+            sys.exit(f"no finished system in {out}")
+        print_table(rows)
+        return
     steps = parse_steps(args.steps, args.systems)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -129,6 +147,7 @@ def main() -> None:
         rows.append(run_system(systems[name], steps[name], out))
         rows[-1]["walkers"] = OptimizationConfig().batch_size
         r = rows[-1]
+        (out / f"{name}.json").write_text(json.dumps(r, indent=1))
         print(f"{name}: {r['diff_mha']:+.2f} mHa, {r['steps']} steps, {r['wall_min']:.1f} min", flush=True)
     print_table(rows)
 
