@@ -49,6 +49,7 @@ from hpcwf.io.checkpoint import (
 from hpcwf.io.config import ConfigError, JobConfig, config_to_dict, write_resolved_config
 from hpcwf.io.energy_log import EnergyLog, damage_reason
 from hpcwf.io.h5files import forced_locking_problem
+from hpcwf.io.hf_cache import HartreeFockCache
 from hpcwf.mcmc import WalkerState, init_walkers, initial_electrons, make_mcmc_sweep
 from hpcwf.model.geometry import GeometryData, geometry_data
 from hpcwf.model.wavefunction import (
@@ -60,7 +61,7 @@ from hpcwf.model.wavefunction import (
 )
 from hpcwf.parallel import ParallelContext, geometry_cost, init_parallel, shard_geometries
 from hpcwf.signals import StopFlag
-from hpcwf.systems.hartree_fock import HartreeFockCache, HartreeFockResult, descriptor_size
+from hpcwf.systems.hartree_fock import HartreeFockResult, descriptor_size
 from hpcwf.training.optimizer import ScheduleSettings, all_finite, make_optimizer
 from hpcwf.training.pretrain import (
     HartreeFockOrbitals,

@@ -22,7 +22,7 @@ import pytest
 
 from hpcwf.io.checkpoint import list_checkpoints, verify_checkpoint
 from hpcwf.io.energy_log import TRAIN_FIELDS, EnergyLog
-from hpcwf.systems.hartree_fock import HartreeFockCache
+from hpcwf.io.hf_cache import HartreeFockCache
 from hpcwf.systems.molecule import Molecule
 
 JOB = """

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from pyscf import gto, lo, scf
 
+from hpcwf.io.hf_cache import HartreeFockCache
 from hpcwf.systems.gaussian_basis import basis_from_pyscf, evaluate_aos, evaluate_orbitals
 from hpcwf.systems.hartree_fock import (
     DEFAULT_ELEMENTS,
     SIGN_SUM_TOL,
-    HartreeFockCache,
     _ao_frame_transform,
     _boys_hessian_min,
     build_pyscf_molecule,
@@ -223,7 +223,7 @@ def test_cache_reuses_results(tmp_path, hf_h2o):
 def test_cache_does_not_reuse_entries_of_the_old_format(tmp_path, hf_h2o, monkeypatch):
     """Format 1 (before the canonical frame) stored orbitals that depend on position and atom
     order; such entries must be recomputed, not reused."""
-    import hpcwf.systems.hartree_fock as hartree_fock
+    import hpcwf.io.hf_cache as hf_cache
 
     calls = []
 
@@ -232,10 +232,10 @@ def test_cache_does_not_reuse_entries_of_the_old_format(tmp_path, hf_h2o, monkey
         return hf_h2o
 
     path = tmp_path / "hf.h5"
-    current = hartree_fock.CACHE_FORMAT_VERSION
-    monkeypatch.setattr(hartree_fock, "CACHE_FORMAT_VERSION", 1)
+    current = hf_cache.CACHE_FORMAT_VERSION
+    monkeypatch.setattr(hf_cache, "CACHE_FORMAT_VERSION", 1)
     HartreeFockCache(path, compute_fn=fake_compute).get_or_compute(H2O)
-    monkeypatch.setattr(hartree_fock, "CACHE_FORMAT_VERSION", current)
+    monkeypatch.setattr(hf_cache, "CACHE_FORMAT_VERSION", current)
     assert HartreeFockCache(path).lookup(H2O) is None
     HartreeFockCache(path, compute_fn=fake_compute).get_or_compute(H2O)
     assert len(calls) == 2

@@ -11,7 +11,8 @@ Two things break on that:
 
 So hpcwf never writes into a file that someone may be reading. Every new version of a file is
 written to a private temporary file `.<name>.tmp<pid>` next to it (a byte copy of the current
-version when the change is an edit), fsynced and renamed over it (`replace_h5`). rename(2) is
+version when the change is an edit), fsynced and renamed over it (`replace_h5`; for any file
+given as bytes, such as the resolved config.toml, `write_atomically`). rename(2) is
 atomic: a reader opening the file gets either the old or the new version, complete, and a
 reader holding the file open keeps the version it opened (the replaced inode lives until it is
 closed). No file is ever written by two processes at once, so locks protect nothing, and every
@@ -88,6 +89,30 @@ def replace_h5(path: str | os.PathLike, *, edit: bool = False) -> Iterator[h5py.
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` as the new version of `path` the way every hpcwf file is written: to
+    `.<name>.tmp<pid>` next to it, fsynced, renamed over `path` (atomically) and the directory
+    fsynced, so that a reader or a crash sees the old or the new version, complete. The parent
+    directory is created if needed. On any exception the temporary file is removed and `path`
+    is untouched; an OSError (a full disk, a quota) names `path` when the OS named no file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     fsync_dir(path.parent)
 

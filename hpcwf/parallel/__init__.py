@@ -1,6 +1,8 @@
-"""MPI control plane and JAX data plane: see hpcwf.parallel.context."""
+"""MPI control plane (hpcwf.parallel.context) and JAX data plane (its global program, whose
+collectives are in hpcwf.parallel.collectives)."""
 
-from hpcwf.parallel.context import AXIS, ParallelContext, init_parallel
+from hpcwf.parallel.collectives import AXIS
+from hpcwf.parallel.context import ParallelContext, init_parallel
 from hpcwf.parallel.sharding import geometry_cost, shard_geometries
 
 __all__ = ["AXIS", "ParallelContext", "geometry_cost", "init_parallel", "shard_geometries"]

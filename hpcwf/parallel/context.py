@@ -26,33 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-AXIS = "kfac_axis"  # kfac-jax's default pmap axis name: the optimizer reduces over it
-LOCAL_AXIS = "walkers"  # a rank's local devices share its walkers along this axis
-
-
-def pmean_coalesced(tree):
-    """`lax.pmean(tree, AXIS)` as ONE all-reduce per floating dtype (inside the global
-    program): the leaves are concatenated into a buffer, averaged and split again. Per-leaf
-    collectives would cost one latency each (hundreds per K-FAC step); integer and boolean
-    leaves are left as they are (they must already agree across ranks)."""
-    import jax
-    import jax.numpy as jnp
-
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    leaves = [jnp.asarray(x) for x in leaves]
-    groups: dict = {}
-    for i, x in enumerate(leaves):
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            groups.setdefault(x.dtype, []).append(i)
-    out = list(leaves)
-    for indices in groups.values():
-        flat = jax.lax.pmean(jnp.concatenate([leaves[i].ravel() for i in indices]), AXIS)
-        offset = 0
-        for i in indices:
-            size = leaves[i].size
-            out[i] = flat[offset : offset + size].reshape(leaves[i].shape)
-            offset += size
-    return jax.tree_util.tree_unflatten(treedef, out)
+from hpcwf.parallel.collectives import AXIS, LOCAL_AXIS
 
 
 def visible_gpus() -> tuple[str, ...]:

@@ -9,8 +9,7 @@ follow) does, in this one place:
 
 1. Checks the installed versions: jax must be at least `SUPPORTED_JAX[0]` (a newer one than
    `SUPPORTED_JAX[1]`, the newest tested, is used with a warning), and `kfac_jax.Optimizer` must
-   have every private method that `hpcwf.training.optimizer` calls (`KFAC_PRIVATE_METHODS`;
-   that module splits kfac-jax's step in a local and a global part, so it relies on them).
+   have every private method that the step functions below call (`KFAC_PRIVATE_METHODS`).
    A kfac-jax without one of them raises ImportError naming the method.
 2. Works around the incompatibility of kfac-jax <= 0.0.8 with jax >= 0.9.2. From JAX 0.9.2
    on, `Primitive.get_bind_params(params)` returns the bind parameters as one dict (the
@@ -30,6 +29,13 @@ follow) does, in this one place:
    `jax.device_put` path (a pmap over any axis name accepts the result).
 4. Exposes what was found: `JAX_VERSION`, `KFAC_JAX_VERSION`, `BIND_PARAMS_IS_DICT`,
    `PATCHED` (the names of the kfac-jax functions that were replaced; empty if none).
+5. Holds every use of kfac-jax's private members: `hpcwf.training.optimizer` splits
+   `kfac_jax.Optimizer`'s step into a local and a global part (see `KFACOptimizer` there) from
+   the pieces kfac-jax's own `_step` is made of, and gets each piece from one function here:
+   `init_state`, `schedules`, `local_curvature_loss_and_grads`, `mark_synced`,
+   `update_inverses`, `precondition`, `apply_norm_constraint`, `momentum_step`. They take the
+   `kfac_jax.Optimizer` and must be called inside its `staging_context()` (kfac-jax's public
+   way to say "inside a staged computation"), as kfac-jax's own staged methods are.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import Any
 
 import jax
 import jax.extend as jex
+import jax.numpy as jnp
 import kfac_jax
 from kfac_jax._src import tag_graph_matcher as _tgm
 from kfac_jax._src import utils as _kfac_utils
@@ -50,7 +57,7 @@ SUPPORTED_JAX = ("0.9.0", "0.10.2")
 # The last kfac-jax release whose graph evaluator only knows the (subfuns, params) form.
 _KFAC_JAX_WITHOUT_DICT_BIND_PARAMS = "0.0.8"
 
-# kfac_jax.Optimizer's private methods that hpcwf.training.optimizer calls.
+# kfac_jax.Optimizer's private methods that the step functions of this module call.
 KFAC_PRIVATE_METHODS = (
     "_setup_state_and_schedules",
     "_init",
@@ -167,6 +174,82 @@ def _patch() -> tuple[str, ...]:
     return tuple(patched)
 
 
+# ---- kfac_jax.Optimizer's step in pieces (call inside `opt.staging_context()`) -------------
+
+
+def init_state(opt: kfac_jax.Optimizer, params: Any, key: jax.Array, batch: Any) -> Any:
+    """kfac_jax.Optimizer.State for `params` (kfac-jax's `init` without its pmap wrapper, so
+    it can be jitted for one device); `opt` must be finalized (`opt.finalize`)."""
+    return opt._init(params, key, batch)
+
+
+def schedules(opt: kfac_jax.Optimizer, state: Any) -> tuple[Any, Any, Any, Any]:
+    """(learning rate, momentum, damping, preconditioner damping) at `state`'s step, from the
+    schedules `opt` was built with."""
+    return opt._setup_state_and_schedules(None, 0.0, None, state.step_counter, state.data_seen)
+
+
+def local_curvature_loss_and_grads(
+    opt: kfac_jax.Optimizer,
+    params: Any,
+    state: Any,
+    key: jax.Array,
+    batch: Any,
+    precon_damping: Any,
+    ema_old: float,
+) -> tuple[Any, Any, Any]:
+    """(loss, gradients, curvature estimate) of this device's `batch` alone: the estimator
+    state of `state` with the batch's statistics entered into its moving average with weights
+    (ema_old, 1), not averaged over devices (`sync=False`: no collective)."""
+    func_args, rng = opt._setup_func_args_and_rng(params, key, batch, None)
+    curvature = opt._update_estimator_curvature(
+        state.estimator_state,
+        func_args,
+        rng,
+        ema_old=ema_old,
+        ema_new=1.0,
+        precon_damping=precon_damping,
+        sync=False,
+    )
+    loss, grads, _, _ = opt._compute_loss_and_grads(func_args)
+    return loss, grads, curvature
+
+
+def mark_synced(curvature: Any) -> Any:
+    """The curvature estimator state `curvature`, marked as already averaged over devices (so
+    kfac-jax does not average it again)."""
+    return type(curvature)(synced=jnp.asarray(True), blocks_states=curvature.blocks_states)
+
+
+def update_inverses(opt: kfac_jax.Optimizer, state: Any, precon_damping: Any) -> Any:
+    """`state` with the inverse cache of its curvature blocks updated where due."""
+    return opt._maybe_update_inverse_cache(state, precon_damping)
+
+
+def precondition(opt: kfac_jax.Optimizer, state: Any, grads: Any, precon_damping: Any) -> Any:
+    """F^-1 g: the gradients multiplied by the damped inverse curvature of `state`."""
+    return opt._compute_preconditioned_gradient(state, grads, precon_damping)
+
+
+def apply_norm_constraint(opt: kfac_jax.Optimizer, grads: Any, precon: Any, scale: Any) -> Any:
+    """`precon` scaled down until scale^2 g.precon <= opt's norm constraint (unchanged without
+    one)."""
+    precon, _ = opt._maybe_apply_norm_constraint(grads, precon, scale)
+    return precon
+
+
+def momentum_step(
+    opt: kfac_jax.Optimizer, state: Any, precon: Any, grads: Any, lr: Any, momentum: Any, damping: Any
+) -> tuple[Any, Any]:
+    """(delta, coefficients): the parameter change coefficients[0] * precon + coefficients[1] *
+    state.velocities, with coefficients (-lr, momentum) for fixed schedules."""
+    vectors = (precon, state.velocities)
+    coefficients, _ = opt._coefficients_and_quad_change(
+        state, vectors, grads, lr, momentum, damping, None, False
+    )
+    return opt._weighted_sum_of_objects(vectors, coefficients), coefficients
+
+
 BIND_PARAMS_IS_DICT = bind_params_is_dict()
 _check_versions()
 PATCHED = _patch()
@@ -178,7 +261,15 @@ __all__ = [
     "KFAC_PRIVATE_METHODS",
     "PATCHED",
     "SUPPORTED_JAX",
+    "apply_norm_constraint",
     "eval_jaxpr_eqn",
+    "init_state",
     "kfac_jax",
+    "local_curvature_loss_and_grads",
+    "mark_synced",
+    "momentum_step",
+    "precondition",
     "replicate_all_local_devices",
+    "schedules",
+    "update_inverses",
 ]

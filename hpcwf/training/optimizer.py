@@ -29,7 +29,8 @@ import optax
 from flax import struct
 
 from hpcwf.io.config import InitConfig, OptimizationConfig
-from hpcwf.parallel.context import AXIS, pmean_coalesced
+from hpcwf.parallel.collectives import AXIS, pmean_coalesced
+from hpcwf.training import kfac_adapter
 from hpcwf.training.kfac_adapter import kfac_jax  # kfac-jax made to work with this jax
 from hpcwf.training.schedule import damping, learning_rate
 
@@ -140,8 +141,9 @@ class RepeatedDenseBlock(kfac_jax.RepeatedDenseKroneckerFactored):
 
 
 class KFACOptimizer:
-    """kfac-jax's K-FAC with its step split in two (kfac-jax's own internals, so the
-    curvature blocks, inverses, damping and norm constraint are exactly kfac-jax's):
+    """kfac-jax's K-FAC with its step split in two (kfac-jax's own internals, reached through
+    hpcwf.training.kfac_adapter, so the curvature blocks, inverses, damping and norm constraint
+    are exactly kfac-jax's):
 
     local:  curvature-estimate update with this rank's batch, loss and gradients
     global: average of all of it over AXIS in one all-reduce (what kfac-jax's `sync` and
@@ -179,15 +181,9 @@ class KFACOptimizer:
         self._init = jax.jit(self._init_fn)
         self._local = jax.jit(self._local_fn)
 
-    def _schedules(self, state):
-        lr, momentum, damp, precon_damping = self._opt._setup_state_and_schedules(
-            None, 0.0, None, state.step_counter, state.data_seen
-        )
-        return lr, momentum, damp, precon_damping
-
     def _init_fn(self, params, key, batch):
         with self._opt.staging_context():
-            return self._opt._init(params, key, batch)
+            return kfac_adapter.init_state(self._opt, params, key, batch)
 
     def init(self, params, key, batch):
         if not self._opt.finalized:
@@ -197,18 +193,10 @@ class KFACOptimizer:
     def _local_fn(self, params, state, key, batch):
         opt = self._opt
         with opt.staging_context():
-            _, _, _, precon_damping = self._schedules(state)
-            func_args, rng = opt._setup_func_args_and_rng(params, key, batch, None)
-            curvature = opt._update_estimator_curvature(
-                state.estimator_state,
-                func_args,
-                rng,
-                ema_old=opt._curvature_ema,
-                ema_new=1.0,
-                precon_damping=precon_damping,
-                sync=False,
+            _, _, _, precon_damping = kfac_adapter.schedules(opt, state)
+            loss, grads, curvature = kfac_adapter.local_curvature_loss_and_grads(
+                opt, params, state, key, batch, precon_damping, ema_old=self.schedule.curvature_ema
             )
-            loss, grads, _, _ = opt._compute_loss_and_grads(func_args)
         return LocalStatistics(*_leading_axis((loss, grads, curvature)))
 
     def local_statistics(self, params, state, key, batch) -> LocalStatistics:
@@ -220,24 +208,17 @@ class KFACOptimizer:
         opt = self._opt
         with opt.staging_context():
             state = state.copy()
-            lr, momentum, damp, precon_damping = self._schedules(state)
+            lr, momentum, damp, precon_damping = kfac_adapter.schedules(opt, state)
             stats = pmean_statistics(stats)
             loss, grads = stats.loss, stats.grads
-            # The factors are now averaged over ranks (the cache was identical already):
-            # mark the estimate synced so kfac-jax does not average it again.
-            state.estimator_state = type(stats.curvature)(
-                synced=jnp.asarray(True), blocks_states=stats.curvature.blocks_states
-            )
-            state = opt._maybe_update_inverse_cache(state, precon_damping)
-            precon = opt._compute_preconditioned_gradient(state, grads, precon_damping)
+            # The factors are now averaged over ranks (the cache was identical already).
+            state.estimator_state = kfac_adapter.mark_synced(stats.curvature)
+            state = kfac_adapter.update_inverses(opt, state, precon_damping)
+            precon = kfac_adapter.precondition(opt, state, grads, precon_damping)
             # kfac-jax bounds lr^2 g.F^-1 g; "fisher" bounds g.F^-1 g (lr applied afterwards).
             scale = lr if self.schedule.norm_constraint_mode == "fisher_scaled" else jnp.ones_like(lr)
-            precon, _ = opt._maybe_apply_norm_constraint(grads, precon, scale)
-            vectors = (precon, state.velocities)
-            coefficients, _ = opt._coefficients_and_quad_change(
-                state, vectors, grads, lr, momentum, damp, None, False
-            )
-            delta = opt._weighted_sum_of_objects(vectors, coefficients)
+            precon = kfac_adapter.apply_norm_constraint(opt, grads, precon, scale)
+            delta, coefficients = kfac_adapter.momentum_step(opt, state, precon, grads, lr, momentum, damp)
             params = jax.tree_util.tree_map(jnp.add, params, delta)
             state.velocities = delta
             state.data_seen = state.data_seen + self.total_walkers
