@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from folx import forward_laplacian
 
 from hpcwf.model.geometry import GeometryData
+from hpcwf.types import LocalEnergy, LogAbsPsi
 
 LAPLACIAN_METHODS = ("forward", "loop")
 
@@ -48,9 +49,7 @@ def kinetic_energy_forward(log_abs: Callable[[jnp.ndarray], jnp.ndarray], electr
     return -0.5 * (result.laplacian + jnp.sum(grad**2))
 
 
-def make_local_energy(
-    log_abs_psi: Callable, method: str = "forward"
-) -> Callable[[object, jnp.ndarray, GeometryData], jnp.ndarray]:
+def make_local_energy(log_abs_psi: LogAbsPsi, method: str = "forward") -> LocalEnergy:
     """Returns local_energy(params, electrons [n_el, 3], geometry) -> E_L (Ha), one walker.
 
     `log_abs_psi(params, electrons, geometry)` -> log|psi|. vmap the result over walkers.

@@ -6,14 +6,13 @@ between ranks; the sampler is a pure function of (params, geometry, state, key).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from hpcwf.model.geometry import GeometryData
+from hpcwf.types import BatchedLogAbsPsi, MCMCSweep
 
 
 @struct.dataclass
@@ -59,7 +58,7 @@ def initial_electrons(
     return centers[None] + rng.normal(size=(n_walkers, n_up + n_dn, 3))
 
 
-def init_walkers(log_abs_batched: Callable, params, geometry: GeometryData, electrons, step_size):
+def init_walkers(log_abs_batched: BatchedLogAbsPsi, params, geometry: GeometryData, electrons, step_size):
     """WalkerState for given starting positions [n_walkers, n_el, 3]."""
     electrons = jnp.asarray(electrons, geometry.nuclei.dtype)
     return WalkerState(
@@ -71,8 +70,8 @@ def init_walkers(log_abs_batched: Callable, params, geometry: GeometryData, elec
 
 
 def make_mcmc_sweep(
-    log_abs_batched: Callable, n_steps: int, target_acceptance: float = 0.5, max_age: int = 20
-) -> Callable:
+    log_abs_batched: BatchedLogAbsPsi, n_steps: int, target_acceptance: float = 0.5, max_age: int = 20
+) -> MCMCSweep:
     """Returns sweep(params, geometry, state, key) -> (state, acceptance).
 
     `log_abs_batched(params, electrons [n_w, n_el, 3], geometry) -> [n_w]`.

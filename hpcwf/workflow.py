@@ -52,6 +52,7 @@ from hpcwf.io.h5files import forced_locking_problem
 from hpcwf.io.hf_cache import HartreeFockCache
 from hpcwf.mcmc import WalkerState, init_walkers, initial_electrons, make_mcmc_sweep
 from hpcwf.model.geometry import GeometryData, geometry_data
+from hpcwf.model.registry import molecule_shape
 from hpcwf.model.wavefunction import (
     Wavefunction,
     build_wavefunction,
@@ -201,18 +202,11 @@ def prepare_systems(
 
 
 def make_model(cfg: JobConfig) -> Wavefunction:
-    backflow_shape = None
-    if cfg.model.orbitals == "backflow":
-        shapes = {(m.n_up, m.n_dn, m.n_atoms) for m in cfg.geometries}
-        if len(shapes) > 1:
-            raise ConfigError(
-                cfg.job_file,
-                "model.orbitals",
-                "'backflow' needs all geometries to have the same n_up, n_dn, n_atoms",
-            )
-        m = cfg.geometries[0]
-        backflow_shape = (m.n_electrons, m.n_atoms)
-    return build_wavefunction(cfg.model.size, cfg.model.orbitals, cfg.model.n_determinants, backflow_shape)
+    try:
+        shape = molecule_shape(cfg.model.orbitals, cfg.geometries)
+    except ValueError as err:
+        raise ConfigError(cfg.job_file, "model.orbitals", str(err)) from None
+    return build_wavefunction(cfg.model.size, cfg.model.orbitals, cfg.model.n_determinants, shape)
 
 
 def params_metadata(cfg: JobConfig) -> dict:

@@ -31,6 +31,7 @@ from hpcwf.io.checkpoint import load_params
 from hpcwf.io.config import OptimizationConfig
 from hpcwf.mcmc import init_walkers, initial_electrons
 from hpcwf.model.geometry import geometry_data
+from hpcwf.model.registry import molecule_shape
 from hpcwf.model.wavefunction import build_wavefunction, init_params, log_abs_psi_fn
 from hpcwf.parallel import init_parallel
 from hpcwf.systems.hartree_fock import run_hartree_fock
@@ -80,8 +81,8 @@ def _atoms(spec):
 class Runner:
     """The compiled programs of one model configuration (shared by the molecules using it)."""
 
-    def __init__(self, size: str, orbitals: str, optimizer: str, backflow_shape=None):
-        self.model = build_wavefunction(size, orbitals, N_DET, backflow_shape)
+    def __init__(self, size: str, orbitals: str, optimizer: str, shape=None):
+        self.model = build_wavefunction(size, orbitals, N_DET, shape)
         self.log_abs = log_abs_psi_fn(self.model)
         self.sample = make_sample_and_measure(
             self.log_abs, make_local_energy(self.log_abs), 1, 0.5, 20, _D.clip_width
@@ -99,7 +100,7 @@ _PARAMS: dict = {}
 
 def runner(size, orbitals, optimizer, mol: Molecule) -> Runner:
     # Backflow parameters depend on the molecule's shape, TAO parameters do not.
-    shape = (mol.n_electrons, mol.n_atoms) if orbitals == "backflow" else None
+    shape = molecule_shape(orbitals, [mol])
     key = (size, orbitals, optimizer, shape)
     if key not in _RUNNERS:
         _RUNNERS[key] = Runner(size, orbitals, optimizer, shape)
@@ -108,7 +109,7 @@ def runner(size, orbitals, optimizer, mol: Molecule) -> Runner:
 
 def initial_params(r: Runner, size, orbitals, mol: Molecule, data):
     """TAO parameters fit every molecule: made once per model size (and shared by optimizers)."""
-    key = (size, orbitals, (mol.n_electrons, mol.n_atoms) if orbitals == "backflow" else None)
+    key = (size, orbitals, molecule_shape(orbitals, [mol]))
     if key not in _PARAMS:
         _PARAMS[key] = r.ctx.local_replicated(r.init(jax.random.PRNGKey(0), data))
     return _PARAMS[key]

@@ -26,6 +26,7 @@ import tomli_w
 import tomllib
 
 from hpcwf.errors import InputError
+from hpcwf.model.registry import ORBITAL_TYPES
 from hpcwf.systems import basis_sets
 from hpcwf.systems.molecule import ELEMENTS, Molecule, MoleculeError
 
@@ -118,7 +119,7 @@ class ModelConfig:
     """[model]: wavefunction architecture."""
 
     size: str = _opt("S", choices=("S", "M", "L"))
-    orbitals: str = _opt("tao", choices=("tao", "backflow"))
+    orbitals: str = _opt("tao", choices=tuple(ORBITAL_TYPES))  # hpcwf.model.registry
     n_determinants: int = _opt(4, ge=1)
 
 

@@ -1,19 +1,26 @@
 """Orbital maps: from HF orbital descriptors (TAO) or fixed per-orbital weights (backflow).
 
-Both return Slater matrices Phi [n_det, n_el, n_el]: rows are electrons (up first), columns
-orbitals (up orbitals first). Full determinants: up electrons also fill down-orbital columns
-("other spin" block) and vice versa.
+Both implement hpcwf.types.OrbitalMap, `(h [n_el, d_emb], electrons [n_el, 3], geometry) ->
+Slater matrices Phi [n_det, n_el, n_el]`: rows are electrons (up first), columns orbitals (up
+orbitals first). Full determinants: up electrons also fill down-orbital columns ("other spin"
+block) and vice versa. Each is built by its classmethod `create` and registered by name in
+hpcwf.model.registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from hpcwf.model.embedding import safe_distances
+from hpcwf.model.geometry import GeometryData
+
+if TYPE_CHECKING:
+    from hpcwf.model.wavefunction import ModelHyperparameters
 
 
 class MLP(nn.Module):
@@ -137,11 +144,27 @@ class TAOOrbitals(nn.Module):
     maps_up: DescriptorMaps
     maps_dn: DescriptorMaps
 
+    @classmethod
+    def create(
+        cls, size: ModelHyperparameters, n_det: int, molecule_shape: tuple[int, int] | None = None
+    ) -> TAOOrbitals:
+        """TAO orbitals of architecture `size` (any molecule: `molecule_shape` is not used)."""
+        maps = dict(
+            gnn_width=size.gnn_width,
+            gnn_iterations=size.gnn_iterations,
+            f_widths=size.f_widths,
+            g_widths=size.g_widths,
+            n_det=n_det,
+            d_emb=size.width_one,
+        )
+        return cls(DescriptorMaps(**maps), DescriptorMaps(**maps))
+
     @nn.compact
-    def __call__(self, h, electrons, nuclei, descriptors_up, descriptors_dn, n_up):
+    def __call__(self, h: jnp.ndarray, electrons: jnp.ndarray, geometry: GeometryData) -> jnp.ndarray:
         """Slater matrices [n_det, n_el, n_el] from embeddings h [n_el, d_emb]."""
-        f_up, alpha_up = self.maps_up(descriptors_up, nuclei)
-        f_dn, alpha_dn = self.maps_dn(descriptors_dn, nuclei)
+        nuclei, n_up = geometry.nuclei, geometry.n_up
+        f_up, alpha_up = self.maps_up(geometry.descriptors_up, nuclei)
+        f_dn, alpha_dn = self.maps_dn(geometry.descriptors_dn, nuclei)
         dist_en = jnp.linalg.norm(electrons[:, None, :] - nuclei[None], axis=-1)
         h_up, h_dn = h[:n_up], h[n_up:]
         d_up, d_dn = dist_en[:n_up], dist_en[n_up:]
@@ -172,8 +195,20 @@ class BackflowOrbitals(nn.Module):
     n_electrons: int
     n_atoms: int
 
+    @classmethod
+    def create(
+        cls, size: ModelHyperparameters, n_det: int, molecule_shape: tuple[int, int] | None = None
+    ) -> BackflowOrbitals:
+        """Backflow orbitals for molecules of `molecule_shape` = (n_electrons, n_atoms); their
+        width follows the embedding of `size`. ValueError without a shape."""
+        if molecule_shape is None:
+            raise ValueError("backflow orbitals need the molecule shape (n_electrons, n_atoms)")
+        return cls(n_det, *molecule_shape)
+
     @nn.compact
-    def __call__(self, h, electrons, nuclei, n_up):
+    def __call__(self, h: jnp.ndarray, electrons: jnp.ndarray, geometry: GeometryData) -> jnp.ndarray:
+        """Slater matrices [n_det, n_el, n_el] from embeddings h [n_el, d_emb]."""
+        nuclei, n_up = geometry.nuclei, geometry.n_up
         n_el, n_det = self.n_electrons, self.n_det
         dist_en = jnp.linalg.norm(electrons[:, None, :] - nuclei[None], axis=-1)  # [i, A]
         sigma = self.param("sigma", nn.initializers.ones, (2, n_det, self.n_atoms, n_el))

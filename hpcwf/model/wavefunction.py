@@ -1,14 +1,14 @@
 """The wavefunction: embedding -> orbitals -> determinants -> (sign, log|psi|).
 
-Public functional interface (all for ONE walker; vmap over walkers):
-    log_psi(params, electrons [n_el, 3], geometry) -> (sign, log|psi|)
-    slater_matrices(params, electrons, geometry) -> [n_det, n_el, n_el]
+Public functional interface (all for ONE walker; vmap over walkers; hpcwf.types):
+    log_psi(params, electrons [n_el, 3], geometry) -> (sign, log|psi|)      SignedLogPsi
+    log_abs_psi_fn(model)(params, electrons, geometry) -> log|psi|          LogAbsPsi
+    slater_matrices(params, electrons, geometry) -> [n_det, n_el, n_el]     (OrbitalMap)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,8 @@ from flax import linen as nn
 
 from hpcwf.model.embedding import ElectronEmbedding, safe_distances
 from hpcwf.model.geometry import GeometryData
-from hpcwf.model.orbitals import BackflowOrbitals, DescriptorMaps, TAOOrbitals
+from hpcwf.model.registry import orbital_map_type
+from hpcwf.types import LogAbsPsi
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,8 @@ def signed_logsumexp(signs: jnp.ndarray, logs: jnp.ndarray) -> tuple[jnp.ndarray
 
 
 class Wavefunction(nn.Module):
-    """psi(r) = J(r) * sum_d det Phi^d(r), Phi from TAO or backflow orbitals.
+    """psi(r) = J(r) * sum_d det Phi^d(r), Phi from the orbital map named `orbitals` (TAO or
+    backflow, hpcwf.model.registry).
 
     J is a parameter-light electron-electron cusp Jastrow,
     exp(sum_{i<j} -c_s a_s^2 / (a_s + r_ij)) with c = 1/4 (same spin) and 1/2 (opposite spin),
@@ -57,45 +59,22 @@ class Wavefunction(nn.Module):
     """
 
     size: ModelHyperparameters
-    orbitals: str  # "tao" | "backflow"
+    orbitals: str  # a name of hpcwf.model.registry.ORBITAL_TYPES
     n_det: int
-    # Backflow only: the fixed molecule shape (n_electrons, n_atoms).
-    backflow_shape: tuple[int, int] | None = None
+    # The molecule shape (n_electrons, n_atoms) of non-transferable orbitals (backflow); None
+    # for transferable ones (registry.molecule_shape gives it).
+    molecule_shape: tuple[int, int] | None = None
 
     def setup(self):
         s = self.size
         self.embedding = ElectronEmbedding(s.width_one, s.width_two, s.width_nuc, s.embedding_iterations)
-        if self.orbitals == "tao":
-            maps = dict(
-                gnn_width=s.gnn_width,
-                gnn_iterations=s.gnn_iterations,
-                f_widths=s.f_widths,
-                g_widths=s.g_widths,
-                n_det=self.n_det,
-                d_emb=s.width_one,
-            )
-            self.orbital_map = TAOOrbitals(DescriptorMaps(**maps), DescriptorMaps(**maps))
-        elif self.orbitals == "backflow":
-            assert self.backflow_shape is not None
-            self.orbital_map = BackflowOrbitals(self.n_det, *self.backflow_shape)
-        else:
-            raise ValueError(f"unknown orbitals {self.orbitals!r}")
+        self.orbital_map = orbital_map_type(self.orbitals).create(s, self.n_det, self.molecule_shape)
         self.jastrow_scale = self.param("jastrow_scale", nn.initializers.ones, (2,))
 
     def slater_matrices(self, electrons: jnp.ndarray, geometry: GeometryData) -> jnp.ndarray:
         """[n_det, n_el, n_el] for electrons [n_el, 3] (up electrons first)."""
-        n_up = geometry.n_up
-        h = self.embedding(electrons, geometry.nuclei, geometry.charges, n_up)
-        if self.orbitals == "tao":
-            return self.orbital_map(
-                h,
-                electrons,
-                geometry.nuclei,
-                geometry.descriptors_up,
-                geometry.descriptors_dn,
-                n_up,
-            )
-        return self.orbital_map(h, electrons, geometry.nuclei, n_up)
+        h = self.embedding(electrons, geometry.nuclei, geometry.charges, geometry.n_up)
+        return self.orbital_map(h, electrons, geometry)
 
     def jastrow(self, electrons: jnp.ndarray, n_up: int) -> jnp.ndarray:
         n_el = electrons.shape[0]
@@ -116,13 +95,15 @@ class Wavefunction(nn.Module):
 
 
 def build_wavefunction(
-    size: str, orbitals: str, n_det: int, backflow_shape: tuple[int, int] | None = None
+    size: str, orbitals: str, n_det: int, molecule_shape: tuple[int, int] | None = None
 ) -> Wavefunction:
-    """The flax module for a model config (`size` in MODEL_SIZES)."""
-    return Wavefunction(MODEL_SIZES[size], orbitals, n_det, backflow_shape)
+    """The flax module for a model config (`size` in MODEL_SIZES, `orbitals` in
+    hpcwf.model.registry.ORBITAL_TYPES; `molecule_shape` (n_electrons, n_atoms) for orbital
+    types that are not transferable)."""
+    return Wavefunction(MODEL_SIZES[size], orbitals, n_det, molecule_shape)
 
 
-def log_abs_psi_fn(model: Wavefunction) -> Callable:
+def log_abs_psi_fn(model: Wavefunction) -> LogAbsPsi:
     """(params, electrons [n_el, 3], geometry) -> log|psi| (scalar) for one walker."""
 
     def log_abs_psi(params, electrons, geometry):

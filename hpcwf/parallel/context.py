@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hpcwf.parallel.collectives import AXIS, LOCAL_AXIS
+from hpcwf.types import GlobalUpdate
 
 
 def visible_gpus() -> tuple[str, ...]:
@@ -249,7 +250,7 @@ class ParallelContext:
 
         return jax.tree_util.tree_map(convert, tree)
 
-    def make_global_update(self, apply: Callable) -> Callable:
+    def make_global_update(self, apply: Callable) -> GlobalUpdate:
         """Wraps `apply(params, state, stats, step) -> (params, state, info)` into the global
         program: `stats` are this rank's parameter-shaped statistics with a leading axis of
         length 1 (as `local_statistics` returns them); inside `apply` that axis is gone and

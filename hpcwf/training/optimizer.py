@@ -1,4 +1,4 @@
-"""Optimizers behind one interface, split into a local and a global part.
+"""Optimizers behind one interface (hpcwf.types.Optimizer), split into a local and a global part.
 
     opt = make_optimizer(kind, loss, schedule, total_walkers)
     state = opt.init(params, key, batch)                       # identical on every rank
@@ -33,6 +33,7 @@ from hpcwf.parallel.collectives import AXIS, pmean_coalesced
 from hpcwf.training import kfac_adapter
 from hpcwf.training.kfac_adapter import kfac_jax  # kfac-jax made to work with this jax
 from hpcwf.training.schedule import damping, learning_rate
+from hpcwf.types import Loss, Optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +155,7 @@ class KFACOptimizer:
     No momentum, no adaptive damping: the fixed schedules of METHOD 2.3.
     """
 
-    def __init__(self, loss: Callable, schedule: ScheduleSettings, total_walkers: int):
+    def __init__(self, loss: Loss, schedule: ScheduleSettings, total_walkers: int):
         self.schedule = schedule
         self.total_walkers = total_walkers
         # multi_device=True makes kfac-jax reduce over AXIS wherever it is bound (the global
@@ -236,7 +237,7 @@ class KFACOptimizer:
 class OptaxOptimizer:
     """A first-order optax transform with the same local/global split (gradients only)."""
 
-    def __init__(self, loss: Callable, tx: optax.GradientTransformation, lr: Callable[[Any], Any]):
+    def __init__(self, loss: Loss, tx: optax.GradientTransformation, lr: Callable[[Any], Any]):
         self._tx, self._lr = tx, lr
         grad_fn = jax.value_and_grad(loss, has_aux=True)
 
@@ -267,7 +268,7 @@ class OptaxOptimizer:
         return optax.apply_updates(params, updates), state, info
 
 
-def adam_optimizer(loss: Callable, schedule: ScheduleSettings) -> OptaxOptimizer:
+def adam_optimizer(loss: Loss, schedule: ScheduleSettings) -> OptaxOptimizer:
     """Adam with global-norm clipping at 1 and the lr schedule (the `optimizer = "adam"` option)."""
     tx = optax.chain(
         optax.clip_by_global_norm(1.0),
@@ -277,7 +278,7 @@ def adam_optimizer(loss: Callable, schedule: ScheduleSettings) -> OptaxOptimizer
     return OptaxOptimizer(loss, tx, schedule.lr)
 
 
-def make_optimizer(kind: str, loss: Callable, schedule: ScheduleSettings, total_walkers: int):
+def make_optimizer(kind: str, loss: Loss, schedule: ScheduleSettings, total_walkers: int) -> Optimizer:
     """`kind` is "kfac" or "adam"; `total_walkers` = walkers per step over all ranks."""
     if kind == "kfac":
         return KFACOptimizer(loss, schedule, total_walkers)

@@ -7,8 +7,6 @@ spin blocks are fitted to 0). Walkers are sampled from the HF density |psi_HF|^2
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -18,6 +16,7 @@ from hpcwf.mcmc import make_mcmc_sweep
 from hpcwf.model.geometry import GeometryData
 from hpcwf.systems.gaussian_basis import GaussianBasis, evaluate_orbitals
 from hpcwf.training.optimizer import OptaxOptimizer
+from hpcwf.types import Loss, MCMCSweep
 
 
 @struct.dataclass
@@ -56,7 +55,7 @@ class PretrainBatch:
     hf: HartreeFockOrbitals
 
 
-def make_pretrain_loss(model) -> Callable:
+def make_pretrain_loss(model) -> Loss:
     """loss(params, batch) -> (mean |Phi^d - Phi_HF|^2, {}) over walkers, determinants, entries."""
 
     def loss(params, batch: PretrainBatch):
@@ -75,6 +74,6 @@ def make_pretrain_optimizer(model, learning_rate: float) -> OptaxOptimizer:
     return OptaxOptimizer(make_pretrain_loss(model), optax.adam(learning_rate), lambda t: learning_rate)
 
 
-def make_hf_sweep(mcmc_steps: int) -> Callable:
+def make_hf_sweep(mcmc_steps: int) -> MCMCSweep:
     """Jitted sweep(hf, geometry, walkers, key) -> (walkers, pmove) sampling |psi_HF|^2."""
     return jax.jit(make_mcmc_sweep(jax.vmap(hf_log_abs_psi, (None, 0, None)), mcmc_steps))
