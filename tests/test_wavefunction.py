@@ -121,30 +121,25 @@ def test_large_model_has_paper_size():
 
 @pytest.mark.parametrize("name", sorted(ORBITAL_TYPES))
 def test_every_registered_orbital_type_is_an_orbital_map(name):
-    """Each registry entry builds through its `create`, maps (h, electrons, geometry) to Slater
-    matrices [n_det, n_el, n_el] and gives a finite wavefunction; transferable ones take any
-    molecule with the same parameters, the others ask for one shape (~3 s each)."""
+    """Each registry entry builds through its `create` and maps (h, electrons, geometry) to
+    Slater matrices [n_det, n_el, n_el]; transferable ones take any molecule, the others ask
+    for one shape (shapes only, ~1 s each)."""
     cls = orbital_map_type(name)
     assert isinstance(cls, OrbitalMapType)
     size, n_det = MODEL_SIZES["S"], 3
-    geometry = random_geometry(3, 3, 2)  # 5 electrons, 3 atoms
     shape = None if ORBITAL_TYPES[name].transferable else (5, 3)
     orbital_map = cls.create(size, n_det, shape)
     assert isinstance(orbital_map, OrbitalMap)
-    h = jax.random.normal(jax.random.PRNGKey(0), (5, size.width_one))
-    r = jax.random.normal(jax.random.PRNGKey(1), (5, 3)) * 1.5
-    phi, _ = orbital_map.init_with_output(jax.random.PRNGKey(2), h, r, geometry)
-    assert phi.shape == (n_det, 5, 5) and bool(jnp.all(jnp.isfinite(phi)))
+    h = jnp.zeros((5, size.width_one), jnp.float32)
+    r = jnp.zeros((5, 3), jnp.float32)
+    geometry = random_geometry(3, 3, 2)  # 5 electrons, 3 atoms
+    phi, _ = jax.eval_shape(orbital_map.init_with_output, jax.random.PRNGKey(0), h, r, geometry)
+    assert phi.shape == (n_det, 5, 5)
 
-    model = build_wavefunction("S", name, n_det, shape)
-    params = init_params(model, jax.random.PRNGKey(3), geometry)
-    assert bool(jnp.isfinite(model.apply(params, r, geometry)[1]))
     h2 = Molecule.create("H2", [["H", 0, 0, 0], ["H", 0, 0, 1.4]])
     lih = Molecule.create("LiH", [["Li", 0, 0, 0], ["H", 0, 0, 3.015]])
     if ORBITAL_TYPES[name].transferable:
         assert molecule_shape(name, [h2, lih]) is None
-        other = init_params(model, jax.random.PRNGKey(3), random_geometry(2, 1, 1))
-        assert jax.tree.map(jnp.shape, other) == jax.tree.map(jnp.shape, params)
     else:
         assert molecule_shape(name, [h2, h2]) == (2, 2)
         with pytest.raises(ValueError, match="same n_up, n_dn, n_atoms"):
