@@ -98,7 +98,7 @@ def median_time(fn, *args, repeats: int) -> float:
 
 def schedule() -> ScheduleSettings:
     # The defaults of [optimization] (hpcwf.io.config); the values do not change the cost.
-    return ScheduleSettings(0.1, 20000.0, 0.0, 1e-3, 1.0, 5000.0, 1e-3)
+    return ScheduleSettings(0.1, 20000.0, 0.0, 1e-3, 1.0, 5000.0, 1e-3, "fisher_scaled", 0.95)
 
 
 def maps_apply(model, params, geometry):

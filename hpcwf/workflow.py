@@ -30,6 +30,7 @@ from flax import traverse_util
 from hpcwf.analysis.statistics import MonteCarloEstimate, multi_chain_statistics
 from hpcwf.errors import RunDivergedError, RunInterruptedError, StorageError
 from hpcwf.hamiltonian import make_local_energy
+from hpcwf.io import log_schema
 from hpcwf.io.checkpoint import (
     CheckpointError,
     apply_retention,
@@ -86,7 +87,8 @@ STAGE_INIT, STAGE_PRETRAIN, STAGE_BURN_IN, STAGE_VMC, STAGE_EVAL = range(5)
 BURN_IN_CHUNK = 10  # MCMC steps between step-size adaptations during burn-in
 # Rejected (non-finite) steps in a row before the run stops; each retry samples with a new key.
 MAX_CONSECUTIVE_REJECTED = 20
-_NO_UPDATE = {"learning_rate": np.nan, "damping": np.nan, "grad_norm": np.nan}
+# The optimizer's log columns of a step without an update (NaN).
+_NO_UPDATE = log_schema.missing_values("train", "update")
 
 DTYPE = jnp.float32
 
@@ -951,23 +953,18 @@ class VMCTrainer:
             step_time = time.perf_counter() - t_step
             self.scheduler.record(j, t, float(stats["variance"]))
             self.step = t + 1
-            row = dict(
-                step=t,
-                geometry=s.index,
-                energy=stats["energy"],
-                variance=stats["variance"],
-                clipped_energy=stats["clipped_energy"],
-                pmove=stats["pmove"],
-                step_size=stats["step_size"],
-                learning_rate=info["learning_rate"],
-                damping=info["damping"],
-                grad_norm=info["grad_norm"],
-                time=time.perf_counter() - t_start,
-                step_time=step_time,
-                sync_time=sync_time,
-                n_nonfinite=int(stats["n_nonfinite"]),
-                rolled_back=int(not accepted),
-            )
+            # The surrogate loss (about 0 by construction) means nothing; the energy is logged.
+            update_metrics = {k: v for k, v in info.items() if k != "loss"}
+            row = {
+                "step": t,
+                "geometry": s.index,
+                **stats,
+                **update_metrics,
+                "time": time.perf_counter() - t_start,
+                "step_time": step_time,
+                "sync_time": sync_time,
+                "rolled_back": int(not accepted),
+            }
             rows = ctx.gather(row)
             if energy_log is not None:
                 self._log_rows(rows, energy_log, rejected_in_a_row)

@@ -125,6 +125,8 @@ def test_two_geometry_job_trains_and_evaluates(h2_run):
         assert all(train[k].shape == (n,) for k in ("geometry", "energy", "variance", "pmove", "time"))
         assert set(train["geometry"][:]) == {0, 1}
         assert np.all(np.isfinite(train["energy"][:]))
+        # Both optimizers compute the update norm; it reaches the log (issue 12).
+        assert np.all(np.isfinite(train["update_norm"][:])) and np.all(train["update_norm"][:] > 0)
         ev = f["evaluation"]
         assert np.all(np.isfinite(ev["energy"][:])) and np.all(ev["error"][:] > 0)
         # An untrained-ish H2 is still a bound molecule: well below two free electrons, above -1.3.

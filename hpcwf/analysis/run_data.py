@@ -1,8 +1,10 @@
 """The one reader of `<run_dir>/energies.h5` behind `hpcwf analyze`, `plot` and `compare`.
 
 h5py and numpy only (no jax, no mpi4py): runs on login nodes. The layout is documented in
-`hpcwf.io.energy_log`; this reader also accepts older files without /geometries/group and
-/geometries/scan_coordinate, and files of a live run:
+`hpcwf.io.energy_log`, the columns of its tables in `hpcwf.io.log_schema` (read here too: a
+column added there is read here without a change). This reader also accepts older files
+without /geometries/group and /geometries/scan_coordinate or without later columns (read as
+their `missing` value, NaN), and files of a live run:
 
 - the file is opened read-only without HDF5 file locking (`hpcwf.io.h5files.open_h5`), so
   reading works on file systems without locks;
@@ -22,6 +24,7 @@ import h5py
 import numpy as np
 
 from hpcwf.errors import InputError
+from hpcwf.io import log_schema
 from hpcwf.io.h5files import open_h5
 
 ENERGIES_FILE = "energies.h5"
@@ -33,12 +36,6 @@ READ_RETRY_DELAY_S = 0.5
 WINDOW_FRACTION = 0.2
 WINDOW_MAX_STEPS = 200
 
-_TRAIN_COLUMNS = ("step", "geometry", "energy", "variance")
-_PRETRAIN_COLUMNS = ("step", "geometry", "loss")
-_EVALUATION_COLUMNS = ("energy", "error", "variance", "autocorrelation_time", "n_samples")
-# Columns added later: NaN (n_chains: 0) when an older file lacks them.
-_OPTIONAL_EVALUATION_COLUMNS = ("autocorrelation_time_lower_bound", "r_hat", "n_chains", "error_blocking")
-
 
 class RunDirError(InputError):
     """The run directory cannot be analysed; str() starts with the offending path."""
@@ -49,12 +46,12 @@ class RunData:
     """Contents of one run's energies.h5 (energies in Ha).
 
     names, group: per geometry; reference (Ha) and scan_coordinate (units of the job file) per
-    geometry, NaN = unknown / not a scan. train: equal-length columns step, geometry, energy (Ha),
-    variance (Ha^2), one row per (step, rank). evaluation: per-geometry columns energy, error,
-    variance, autocorrelation_time, n_samples, autocorrelation_time_lower_bound, r_hat,
-    n_chains, error_blocking (`hpcwf.io.energy_log`; the last four NaN / 0 in files written
-    before they existed), or None before evaluation. pretrain: columns step,
-    geometry, loss (bohr^-3), or None when the run has no pre-training rows.
+    geometry, NaN = unknown / not a scan. train: equal-length columns, every column of
+    `log_schema.TRAIN` (step, geometry, energy in Ha, variance in Ha^2, ...), one row per
+    (step, rank). evaluation: per-geometry columns of `log_schema.EVALUATION`, or None before
+    evaluation. pretrain: columns of `log_schema.PRETRAIN` (loss in bohr^-3), or None when the
+    run has no pre-training rows. Columns a file lacks (written before they existed) hold
+    their schema's `missing` value (NaN for floats).
     """
 
     run_dir: Path
@@ -147,41 +144,37 @@ def _read(run_dir: Path, path: Path) -> RunData:
         reference = _float_column(g, "reference_energy", n)
         scan = _float_column(g, "scan_coordinate", n)
         group = [_text(x) for x in g["group"][:]] if "group" in g else list(names)
-        train = _columns(f, "train", _TRAIN_COLUMNS, path)
+        train = _columns(f, "train", path)
         if train is None:
-            train = {"step": np.zeros(0, np.int64), "geometry": np.zeros(0, np.int32)}
-            train.update({k: np.zeros(0) for k in ("energy", "variance")})
-        pretrain = _columns(f, "pretrain", _PRETRAIN_COLUMNS, path)
+            train = {c.name: np.zeros(0, c.dtype) for c in log_schema.TRAIN}
+        pretrain = _columns(f, "pretrain", path)
         if pretrain is not None and pretrain["step"].size == 0:
             pretrain = None
-        evaluation = None
-        if "evaluation" in f:
-            ev = f["evaluation"]
-            missing = [k for k in _EVALUATION_COLUMNS if k not in ev]
-            if missing:
-                raise RunDirError(f"{path}: /evaluation lacks {', '.join(missing)}")
-            evaluation = {k: ev[k][:] for k in _EVALUATION_COLUMNS}
-            for k in _OPTIONAL_EVALUATION_COLUMNS:
-                missing_value = np.zeros(n, np.int64) if k == "n_chains" else np.full(n, np.nan)
-                evaluation[k] = ev[k][:] if k in ev else missing_value
-            if any(v.shape != (n,) for v in evaluation.values()):
-                raise RunDirError(f"{path}: /evaluation does not have one entry per geometry")
+        evaluation = _columns(f, "evaluation", path)
+        if evaluation is not None and any(v.shape != (n,) for v in evaluation.values()):
+            raise RunDirError(f"{path}: /evaluation does not have one entry per geometry")
     if len(group) != n or reference.shape != (n,) or scan.shape != (n,):
         raise RunDirError(f"{path}: /geometries columns differ in length")
     return RunData(run_dir, path, names, group, reference, scan, train, evaluation, pretrain)
 
 
-def _columns(f: h5py.File, name: str, wanted: tuple[str, ...], path: Path) -> dict[str, np.ndarray] | None:
-    """The `wanted` columns of group `name`, cut to the common length of all its columns (a
-    live run grows them one at a time), or None when the group does not exist."""
-    if name not in f:
+def _columns(f: h5py.File, table: str, path: Path) -> dict[str, np.ndarray] | None:
+    """The columns of `table` (`log_schema.TABLES`), cut to the common length of the group's
+    datasets (a live run of an older hpcwf grows them one at a time), or None when the group
+    does not exist. RunDirError when a column present in every hpcwf file is missing; a later
+    column that the file lacks is filled with its `missing` value."""
+    if table not in f:
         return None
-    group = f[name]
-    missing = [k for k in wanted if k not in group]
-    if missing:
-        raise RunDirError(f"{path}: /{name} lacks {', '.join(missing)}")
-    length = min(d.shape[0] for d in group.values() if isinstance(d, h5py.Dataset))
-    return {k: group[k][:length] for k in wanted}
+    group = f[table]
+    columns = log_schema.TABLES[table]
+    lacking = [c.name for c in columns if c.since_start and c.name not in group]
+    if lacking:
+        raise RunDirError(f"{path}: /{table} lacks {', '.join(lacking)}")
+    length = min((d.shape[0] for d in group.values() if isinstance(d, h5py.Dataset)), default=0)
+    return {
+        c.name: group[c.name][:length] if c.name in group else np.full(length, c.missing, c.dtype)
+        for c in columns
+    }
 
 
 def _float_column(group: h5py.Group, key: str, n: int) -> np.ndarray:

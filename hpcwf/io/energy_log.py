@@ -5,32 +5,16 @@ Layout:
     /geometries  per geometry [n_geometries]: names (utf-8), reference_energy (Ha, NaN = unknown),
                  group (utf-8; the geometry's own name when it has no group),
                  scan_coordinate (NaN = not part of a scan)
-    /train       equal-length 1-D datasets, one row per (step, geometry): step, geometry, energy,
-                 variance, clipped_energy, pmove, step_size, learning_rate, damping, grad_norm,
-                 time (s since the start of optimization), step_time (s), sync_time (s spent
-                 in the global update: waiting for the other ranks, all-reduce and K-FAC inverse;
-                 NaN for a skipped update), n_nonfinite (walkers with non-finite E_L),
-                 rolled_back (1: the step was rejected, on every rank, because a local energy
-                 or the updated parameters / optimizer state were not finite somewhere; the
-                 parameters, optimizer state and this geometry's walkers stayed as before it;
-                 learning_rate, damping, grad_norm are NaN when no update was computed)
-                 Under MPI every step has one row per rank, gathered by rank 0.
-    /evaluation  per geometry (NaN / 0 where a geometry was not evaluated; attrs: steps):
-                 energy (Ha), error (its standard error, Ha: the spread of the per-walker means,
-                 `hpcwf.analysis.statistics.multi_chain_statistics`), variance (of E_L, Ha^2),
-                 autocorrelation_time (statistical inefficiency tau in MCMC steps; NaN when the
-                 evaluation was too short to resolve it), autocorrelation_time_lower_bound (then
-                 what it showed of tau; NaN when resolved), r_hat (split-R-hat of the walkers),
-                 n_samples (steps x walkers), n_chains (walkers), error_blocking (cross-check:
-                 blocking error of the per-step walker means, Ha). Files written before
-                 autocorrelation_time_lower_bound .. error_blocking existed lack those columns.
-    /pretrain    equal-length 1-D datasets, one row per (HF pre-training step, rank): step,
-                 geometry, loss (that rank's HF pre-training loss on its own geometry at the
-                 parameters before the step's update: mean squared difference of network and HF
-                 orbital values, bohr^-3; the global Adam step uses the average over ranks),
-                 rolled_back (1: the step's non-finite update was rejected on every rank).
-                 Empty when the run had no pre-training. Pre-training is not resumable: the group
-                 is emptied when pre-training (re)starts.
+    /train       equal-length 1-D datasets, one row per (optimization step, rank);
+                 under MPI rank 0 gathers every rank's row
+    /pretrain    equal-length 1-D datasets, one row per (HF pre-training step, rank); empty
+                 when the run had no pre-training. Pre-training is not resumable: the group is
+                 emptied when pre-training (re)starts.
+    /evaluation  one entry per geometry (attrs: steps)
+The columns of /train, /pretrain and /evaluation, with dtype, unit and meaning, are listed in
+`hpcwf.io.log_schema` (the one list; the reader `hpcwf.analysis.run_data` uses it too). A
+column added after a file was written is filled with its `missing` value (NaN) for the rows
+already there.
 Energies in Hartree.
 
 Writing: only `EnergyLog` (rank 0 of the run) writes the file, and never in place: each flush
@@ -49,53 +33,27 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from hpcwf.io import log_schema
 from hpcwf.io.h5files import open_h5, replace_h5
 from hpcwf.systems.molecule import Molecule
 
-TRAIN_FIELDS: dict[str, type] = {
-    "step": np.int64,
-    "geometry": np.int32,
-    "energy": np.float64,
-    "variance": np.float64,
-    "clipped_energy": np.float64,
-    "pmove": np.float64,
-    "step_size": np.float64,
-    "learning_rate": np.float64,
-    "damping": np.float64,
-    "grad_norm": np.float64,
-    "time": np.float64,
-    "step_time": np.float64,
-    "sync_time": np.float64,
-    "n_nonfinite": np.int32,
-    "rolled_back": np.int8,
-}
-PRETRAIN_FIELDS: dict[str, type] = {
-    "step": np.int64,
-    "geometry": np.int32,
-    "loss": np.float64,
-    "rolled_back": np.int8,
-}
-EVALUATION_FIELDS = (
-    "energy",
-    "error",
-    "variance",
-    "autocorrelation_time",
-    "n_samples",
-    "autocorrelation_time_lower_bound",
-    "r_hat",
-    "n_chains",
-    "error_blocking",
-)
-_INTEGER_EVALUATION_FIELDS = ("n_samples", "n_chains")
+TRAIN_FIELDS = log_schema.dtypes("train")
+PRETRAIN_FIELDS = log_schema.dtypes("pretrain")
+EVALUATION_FIELDS = log_schema.names("evaluation")
 # `EnergyLog.maybe_flush` spends at most this share of the wall time on publishing new versions.
 PUBLISH_TIME_SHARE = 0.02
 
 
-def _require_columns(group: h5py.Group, fields: dict[str, type]) -> None:
-    """Empty, appendable 1-D datasets for `fields` (existing ones are kept)."""
-    for name, dtype in fields.items():
-        if name not in group:
-            group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(1024,))
+def _require_columns(group: h5py.Group, table: str) -> None:
+    """Appendable 1-D datasets for the columns of `table` (`log_schema`). Existing ones are
+    kept; a column the file lacks (written before it existed) is created with its `missing`
+    value (NaN) for the rows already there, so old rows never read as 0."""
+    n_rows = group["step"].shape[0] if "step" in group else 0
+    for c in log_schema.TABLES[table]:
+        if c.name not in group:
+            group.create_dataset(
+                c.name, data=np.full(n_rows, c.missing, c.dtype), maxshape=(None,), chunks=(1024,)
+            )
 
 
 def damage_reason(path: str | Path) -> str | None:
@@ -161,8 +119,8 @@ class EnergyLog:
                 if key in g:
                     del g[key]
                 g.create_dataset(key, data=data)
-            for group, fields in (("train", TRAIN_FIELDS), ("pretrain", PRETRAIN_FIELDS)):
-                _require_columns(f.require_group(group), fields)
+            for table in ("train", "pretrain"):
+                _require_columns(f.require_group(table), table)
 
         # A damaged file is replaced by a fresh one: callers never resume into it (the run
         # refuses to, workflow._resume_point), and a run that starts over drops its rows anyway.
@@ -179,9 +137,15 @@ class EnergyLog:
         self._last_cost = self._last_end - t0
 
     def append(self, **row) -> None:
+        """Buffers one /train row; LogFieldError unless its keys are exactly the columns of
+        `log_schema.TRAIN`."""
+        log_schema.check_row("train", row)
         self._buffer.append(row)
 
     def append_pretrain(self, **row) -> None:
+        """Buffers one /pretrain row; LogFieldError unless its keys are exactly the columns of
+        `log_schema.PRETRAIN`."""
+        log_schema.check_row("pretrain", row)
         self._pretrain_buffer.append(row)
 
     def start_pretrain(self) -> None:
@@ -191,7 +155,7 @@ class EnergyLog:
         def reset(f: h5py.File) -> None:
             if "pretrain" in f:
                 del f["pretrain"]
-            _require_columns(f.create_group("pretrain"), PRETRAIN_FIELDS)
+            _require_columns(f.create_group("pretrain"), "pretrain")
 
         self._publish(reset)
 
@@ -206,7 +170,7 @@ class EnergyLog:
             n_old = columns["step"].shape[0]
             n_new = n_old + len(buffer)
             for name, dtype in fields.items():
-                values = np.array([row.get(name, np.nan) for row in buffer], dtype=dtype)
+                values = np.array([row[name] for row in buffer], dtype=dtype)
                 columns[name].resize((n_new,))
                 columns[name][n_old:] = values
 
@@ -241,18 +205,20 @@ class EnergyLog:
         self._publish_buffered(cut)
 
     def write_evaluation(self, results: dict[int, dict], n_geometries: int, steps: int) -> None:
-        """results: geometry index -> {key: value for every key of EVALUATION_FIELDS}."""
+        """results: geometry index -> {column of `log_schema.EVALUATION`: value} (exactly those
+        keys, else LogFieldError); geometries without results get the columns' missing values."""
+        for res in results.values():
+            log_schema.check_row("evaluation", res)
 
         def store(f: h5py.File) -> None:
             if "evaluation" in f:
                 del f["evaluation"]
             g = f.create_group("evaluation")
             g.attrs["steps"] = steps
-            for key in EVALUATION_FIELDS:
-                integer = key in _INTEGER_EVALUATION_FIELDS
-                data = np.full(n_geometries, 0 if integer else np.nan, np.int64 if integer else np.float64)
+            for c in log_schema.EVALUATION:
+                data = np.full(n_geometries, c.missing, c.dtype)
                 for i, res in results.items():
-                    data[i] = res[key]
-                g.create_dataset(key, data=data)
+                    data[i] = res[c.name]
+                g.create_dataset(c.name, data=data)
 
         self._publish_buffered(store)

@@ -1,0 +1,62 @@
+"""The energy log's one schema (hpcwf.io.log_schema): rows go to energies.h5 by name, and a
+field that the schema does not declare, or a declared one a row lacks, is an error at once;
+columns added after a file was written read as NaN for its old rows, in the writer and in the
+login-node reader. numpy + h5py only, well under a second."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from hpcwf.analysis.run_data import read_run
+from hpcwf.io import log_schema
+from hpcwf.io.energy_log import EnergyLog
+from hpcwf.io.log_schema import LogFieldError
+from hpcwf.systems.molecule import Molecule
+
+
+def _h2() -> Molecule:
+    return Molecule.create("H2", [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]])
+
+
+def _row(step: int, **values) -> dict:
+    row = {name: 0.5 for name in log_schema.names("train")}
+    return {**row, "step": step, "geometry": 0, "n_nonfinite": 0, "rolled_back": 0, **values}
+
+
+def test_unknown_or_missing_train_field_is_an_error(tmp_path):
+    log = EnergyLog(tmp_path / "energies.h5", [_h2()])
+    with pytest.raises(LogFieldError, match="unknown field.*new_metric"):
+        log.append(**_row(0, new_metric=1.0))
+    row = _row(0)
+    del row["update_norm"]
+    with pytest.raises(LogFieldError, match="missing field.*update_norm"):
+        log.append(**row)
+    with pytest.raises(LogFieldError, match="unknown field.*learning_rate"):
+        log.append_pretrain(step=0, geometry=0, loss=1.0, rolled_back=0, learning_rate=0.1)
+    with pytest.raises(LogFieldError, match="missing field.*r_hat"):
+        result = {name: 1.0 for name in log_schema.names("evaluation") if name != "r_hat"}
+        log.write_evaluation({0: result}, 1, 10)
+
+
+def test_column_added_later_reads_nan_for_old_rows(tmp_path):
+    """A run resumed on a file written before `update_norm` existed: the old rows read NaN
+    (not 0.0) in the file and in `read_run`; new rows hold their values."""
+    path = tmp_path / "energies.h5"
+    log = EnergyLog(path, [_h2()])
+    log.append(**_row(0))
+    log.append(**_row(1))
+    log.flush()
+    with h5py.File(path, "r+") as f:  # as an older hpcwf wrote it
+        del f["train/update_norm"]
+    log = EnergyLog(path, [_h2()])
+    log.truncate(2)
+    log.append(**_row(2, update_norm=0.25))
+    log.flush()
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["train/update_norm"][:], [np.nan, np.nan, 0.25])
+    run = read_run(tmp_path)
+    assert set(run.train) == set(log_schema.names("train"))
+    np.testing.assert_array_equal(run.train["update_norm"], [np.nan, np.nan, 0.25])
+    np.testing.assert_array_equal(run.train["step"], [0, 1, 2])
