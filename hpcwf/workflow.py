@@ -38,12 +38,10 @@ from hpcwf.io.checkpoint import (
     checkpoint_path,
     latest_valid_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     load_params,
     read_checkpoint_config,
     remove_stale_temporaries,
     resolve_init_checkpoint,
-    save_checkpoint,
     save_params,
     verify_checkpoint,
 )
@@ -51,7 +49,7 @@ from hpcwf.io.config import ConfigError, JobConfig, config_to_dict, write_resolv
 from hpcwf.io.energy_log import EnergyLog, damage_reason
 from hpcwf.io.h5files import forced_locking_problem
 from hpcwf.io.hf_cache import HartreeFockCache
-from hpcwf.mcmc import WalkerState, init_walkers, initial_electrons, make_mcmc_sweep
+from hpcwf.mcmc import init_walkers, initial_electrons, make_mcmc_sweep
 from hpcwf.model.geometry import GeometryData, geometry_data
 from hpcwf.model.registry import molecule_shape
 from hpcwf.model.wavefunction import (
@@ -73,8 +71,8 @@ from hpcwf.training.pretrain import (
     make_pretrain_optimizer,
 )
 from hpcwf.training.schedule import GeometryScheduler
+from hpcwf.training.state import TrainState, read_train_state, write_train_state
 from hpcwf.training.vmc import (
-    GeometryState,
     VMCBatch,
     make_burn_in,
     make_energy_loss,
@@ -517,10 +515,10 @@ def run_job(
     )
 
     if resume_path is not None:
-        params = trainer.load(resume_path, params)
+        trainer.load(resume_path, params)
         if energy_log is not None:
-            energy_log.truncate(trainer.step)
-        log(f"resumed from {resume_path} at step {trainer.step}")
+            energy_log.truncate(trainer.state.step)
+        log(f"resumed from {resume_path} at step {trainer.state.step}")
     else:
         if energy_log is not None:
             # A run that died before its first checkpoint (or another job's) starts over: no
@@ -547,7 +545,8 @@ def run_job(
         trainer.init_states(params, walkers)
 
     if not (init_file and cfg.init.mode == "evaluate"):
-        params = trainer.optimize(params, energy_log, ckpt_dir)
+        trainer.optimize(energy_log, ckpt_dir)
+    params = trainer.state.params
     if ctx.is_root:
         save_params(ckpt_dir / "params.h5", jax.device_get(params), params_metadata(cfg))
         energy_log.flush()
@@ -608,13 +607,13 @@ def params_digest(params) -> str:
     return h.hexdigest()
 
 
-def place_walkers(ctx: ParallelContext, w: WalkerState) -> WalkerState:
-    """Walkers split over this rank's devices along the walker axis; step size replicated."""
-    return WalkerState(
-        electrons=ctx.local_split(jnp.asarray(w.electrons)),
-        log_prob=ctx.local_split(jnp.asarray(w.log_prob)),
-        age=ctx.local_split(jnp.asarray(w.age)),
-        step_size=ctx.local_replicated(jnp.asarray(w.step_size)),
+def place_walkers(ctx: ParallelContext, state):
+    """A walker-state pytree (`WalkerState`, `GeometryState`) on this rank's devices: arrays
+    with a walker axis (leading) split over the devices, scalars (step size, clipping
+    statistics) replicated."""
+    return jax.tree_util.tree_map(
+        lambda x: ctx.local_split(jnp.asarray(x)) if np.ndim(x) else ctx.local_replicated(jnp.asarray(x)),
+        state,
     )
 
 
@@ -714,10 +713,10 @@ class VMCTrainer:
     """Variational optimization of this rank's shard, one geometry per step and rank, chosen
     by the scheduler; one global update per step over all ranks.
 
-    Owns everything a checkpoint must hold: the step, optimizer state, scheduler statistics and
-    every local geometry's `GeometryState` (walkers, step size, ages, clipping statistics);
-    `save` gathers them from all ranks, `load` takes this rank's part of any checkpoint (also
-    one written by a different number of ranks).
+    Its `state` (`TrainState`: parameters, optimizer state, step, this rank's geometry states
+    and scheduler statistics) is everything a checkpoint holds; `save` gathers it from all
+    ranks, `load` takes this rank's part of any checkpoint (also one written by a different
+    number of ranks) into a template made by `jax.eval_shape` of `initial_state`.
     """
 
     def __init__(
@@ -755,16 +754,17 @@ class VMCTrainer:
             self.log_abs_psi, BURN_IN_CHUNK, cfg.mcmc.target_acceptance, cfg.mcmc.max_age
         )
         self.scheduler = GeometryScheduler(len(systems), cfg.scheduler.warmup_rounds, cfg.scheduler.max_age)
-        self.states: dict[int, GeometryState] = {}
-        self.opt_state = None
-        self.step = 0
+        self.state: TrainState | None = None
 
-    def _place(self, state: GeometryState) -> GeometryState:
-        """Walkers split over this rank's devices, scalars replicated."""
-        return GeometryState(
-            walkers=place_walkers(self.ctx, state.walkers),
-            clip_center=self.ctx.local_replicated(jnp.asarray(state.clip_center)),
-            clip_width=self.ctx.local_replicated(jnp.asarray(state.clip_width)),
+    def _set_state(self, state: TrainState) -> None:
+        """Places `state` on this rank's devices and makes it the trainer's state; the
+        scheduler then works on the state's scheduler arrays in place."""
+        self.scheduler.load_state_dict(state.scheduler)
+        self.state = state.replace(
+            params=self.ctx.local_replicated(state.params),
+            opt_state=self.ctx.local_replicated(state.opt_state),
+            geometries={i: place_walkers(self.ctx, g) for i, g in state.geometries.items()},
+            scheduler=self.scheduler.state_dict(),
         )
 
     def _template_batch(self) -> VMCBatch:
@@ -774,56 +774,80 @@ class VMCTrainer:
 
     def _init_optimizer(self, params):
         # The same key and parameters on every rank: the state starts identical everywhere.
-        state = self.optimizer.init(params, stage_key(self.root, STAGE_INIT, 1), self._template_batch())
-        return self.ctx.local_replicated(state)
+        return self.optimizer.init(params, stage_key(self.root, STAGE_INIT, 1), self._template_batch())
+
+    def initial_state(self, params, electrons: dict[int, np.ndarray]) -> TrainState:
+        """The state at step 0 (not placed on devices): `params`, a fresh optimizer state and
+        walkers at `electrons` [n_walkers, n_el, 3] per geometry index. Also the template of
+        every checkpoint load (`jax.eval_shape` of it)."""
+        batched = jax.vmap(self.log_abs_psi, (None, 0, None))
+        geometries = {
+            s.index: new_geometry_state(
+                init_walkers(batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size)
+            )
+            for s in self.systems
+        }
+        sched = self.cfg.scheduler
+        fresh = GeometryScheduler(len(self.systems), sched.warmup_rounds, sched.max_age)
+        return TrainState(
+            params=params,
+            opt_state=self._init_optimizer(params),
+            geometries=geometries,
+            scheduler=fresh.state_dict(),
+            step=0,
+        )
 
     def init_states(self, params, electrons: dict[int, np.ndarray]) -> None:
-        batched = jax.vmap(self.log_abs_psi, (None, 0, None))
-        for s in self.systems:
-            walkers = init_walkers(
-                batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size
-            )
-            self.states[s.index] = self._place(new_geometry_state(walkers))
-        self.opt_state = self._init_optimizer(params)
+        self._set_state(self.initial_state(params, electrons))
+
+    def state_template(self, params) -> TrainState:
+        """Shapes and dtypes (jax.ShapeDtypeStruct leaves) of this rank's state, from
+        `initial_state` itself."""
+        n = self.cfg.optimization.batch_size
+        electrons = {s.index: jax.ShapeDtypeStruct((n, s.data.n_electrons, 3), DTYPE) for s in self.systems}
+        return jax.eval_shape(self.initial_state, params, electrons)
 
     def burn(self, params, s: System, steps: int, stage: int) -> None:
-        walkers = self.states[s.index].walkers
+        geometries = self.state.geometries
+        walkers = geometries[s.index].walkers
         for chunk in range(steps // BURN_IN_CHUNK):
             walkers = self._burn_in(params, s.data, walkers, geometry_key(self.root, stage, chunk, s.index))
-        self.states[s.index] = self.states[s.index].replace(walkers=walkers)
+        geometries[s.index] = geometries[s.index].replace(walkers=walkers)
 
-    def save(self, params, ckpt_dir: Path) -> Path:
-        """Gathers every rank's geometry and scheduler state; rank 0 writes. Collective."""
-        sched = self.scheduler.state_dict()
+    def save(self, ckpt_dir: Path) -> Path:
+        """Gathers every rank's geometry states and scheduler entries; rank 0 writes the whole
+        train state. Collective."""
+        state = self.state
         mine = (
-            {s.index: jax.device_get(self.states[s.index]) for s in self.systems},
-            {s.index: {k: v[j] for k, v in sched.items()} for j, s in enumerate(self.systems)},
+            {i: jax.device_get(g) for i, g in state.geometries.items()},
+            {i: {k: v[j] for k, v in state.scheduler.items()} for j, i in enumerate(state.geometries)},
         )
-        params = jax.device_get(params)
+        params = jax.device_get(state.params)
         parts = self.ctx.gather((*mine, params_digest(params)))
-        path = checkpoint_path(ckpt_dir, self.step)
+        path = checkpoint_path(ckpt_dir, state.step)
         failure = None
         if self.ctx.is_root:
             digests = [part[2] for part in parts]
             if len(set(digests)) > 1:  # must never happen: the update is the same on all ranks
-                raise RuntimeError(f"parameters differ between ranks at step {self.step}: {digests}")
-            states, per_geometry = {}, {}
+                raise RuntimeError(f"parameters differ between ranks at step {state.step}: {digests}")
+            geometries, per_geometry = {}, {}
             for part_states, part_sched, _ in parts:
-                states.update(part_states)
+                geometries.update(part_states)
                 per_geometry.update(part_sched)
-            n = len(self.cfg.geometries)
-            scheduler_state = {
-                k: np.array([per_geometry[i][k] for i in range(n)], dtype=np.asarray(v).dtype)
-                for k, v in sched.items()
-            }
+            order = range(len(self.cfg.geometries))
+            whole = state.replace(
+                params=params,
+                opt_state=jax.device_get(state.opt_state),
+                geometries={i: geometries[i] for i in order},
+                scheduler={
+                    k: np.array([per_geometry[i][k] for i in order], dtype=np.asarray(v).dtype)
+                    for k, v in state.scheduler.items()
+                },
+            )
             try:
-                save_checkpoint(
+                write_train_state(
                     path,
-                    step=self.step,
-                    params=params,
-                    optimizer_state=jax.device_get(self.opt_state),
-                    geometry_states=states,
-                    scheduler_state=scheduler_state,
+                    whole,
                     config_toml=tomli_w.dumps(config_to_dict(self.cfg)),
                     geometries=[m.to_dict() for m in self.cfg.geometries],
                     metadata={
@@ -831,12 +855,12 @@ class VMCTrainer:
                         "n_ranks": self.ctx.size,
                         "params_sha256": digests[0],
                     },
-                    on_written=self.faults.checkpoint_hook(self.step),
+                    on_written=self.faults.checkpoint_hook(state.step),
                 )
             except OSError as err:  # disk full, quota: nothing was written, older files stand
                 previous = latest_valid_checkpoint(ckpt_dir, self.log)
                 failure = (
-                    f"{path}: cannot write checkpoint ({err.strerror or err}); stopped at step {self.step}, "
+                    f"{path}: cannot write checkpoint ({err.strerror or err}); stopped at step {state.step}, "
                     f"the newest valid checkpoint is {previous or 'none'}: free space, then rerun to resume"
                 )
             else:
@@ -847,56 +871,26 @@ class VMCTrainer:
             raise StorageError(failure)
         return path
 
-    def load(self, path: Path, params_template):
-        """Restores step, params, optimizer, scheduler and this rank's geometry states from
-        `path`, whatever number of ranks wrote it."""
-        n_walkers = self.cfg.optimization.batch_size
-        mine = {s.index: s for s in self.systems}
-
-        def state_template(index: int):
-            if index not in mine:
-                return None  # another rank's geometry
-            n_el = mine[index].data.n_electrons
-            return GeometryState(
-                walkers=WalkerState(
-                    electrons=np.zeros((n_walkers, n_el, 3), np.float32),
-                    log_prob=np.zeros(n_walkers, np.float32),
-                    age=np.zeros(n_walkers, np.int32),
-                    step_size=np.zeros((), np.float32),
-                ),
-                clip_center=np.zeros((), np.float32),
-                clip_width=np.zeros((), np.float32),
-            )
-
-        # The optimizer state's structure comes from the optimizer itself (shapes only).
-        opt_template = jax.eval_shape(self.optimizer.init, params_template, self.root, self._template_batch())
-        templates = {"params": params_template, "geometry_state": state_template, "optimizer": opt_template}
+    def load(self, path: Path, params_template) -> None:
+        """Restores the train state (this rank's geometries) from `path`, whatever number of
+        ranks wrote it."""
+        template = self.state_template(params_template)
         if not checkpoint_has_optimizer_state(path):
-            templates["optimizer"] = None
-        ckpt = load_checkpoint(path, templates)
-        if len(ckpt.geometries) != len(self.cfg.geometries) or sorted(ckpt.geometry_states) != sorted(mine):
-            raise CheckpointError(
-                f"{path}: holds {len(ckpt.geometries)} geometries, job has {len(self.cfg.geometries)}"
-            )
-        self.states = {i: self._place(st) for i, st in ckpt.geometry_states.items()}
-        order = [s.index for s in self.systems]
-        self.scheduler.load_state_dict({k: np.asarray(v)[order] for k, v in ckpt.scheduler_state.items()})
-        self.step = ckpt.step
-        params = self.ctx.local_replicated(ckpt.params)
-        if ckpt.optimizer_state is None:
-            self.opt_state = self._init_optimizer(params)
-        else:
-            self.opt_state = self.ctx.local_replicated(ckpt.optimizer_state)
-        return params
+            template = template.replace(opt_state=None)
+        state, _ = read_train_state(path, template, len(self.cfg.geometries))
+        if state.opt_state is None:
+            state = state.replace(opt_state=self._init_optimizer(self.ctx.local_replicated(state.params)))
+        self._set_state(state)
 
     def _update(self, params, batch: VMCBatch, key, t: int):
         """The global update of step `t` from this rank's `batch`, kept only if the new
         parameters and optimizer state are finite on every rank. Returns (params, info,
-        sync_time, accepted); on rejection `params` and `self.opt_state` are the old ones.
-        Collective."""
-        local = jax.block_until_ready(self.optimizer.local_statistics(params, self.opt_state, key, batch))
+        sync_time, accepted); on rejection `params` and the state's optimizer state are the old
+        ones. Collective."""
+        opt_state = self.state.opt_state
+        local = jax.block_until_ready(self.optimizer.local_statistics(params, opt_state, key, batch))
         t_sync = time.perf_counter()
-        new_params, new_state, info = self.update(params, self.opt_state, local, t)
+        new_params, new_state, info = self.update(params, opt_state, local, t)
         if self.faults.poisons("vmc", t, self.ctx):
             new_params = _poisoned(new_params)
         finite = bool(all_finite((new_params, new_state)))
@@ -907,10 +901,10 @@ class VMCTrainer:
         (rejected,) = self.ctx.any([not finite])
         if rejected:
             return params, info, sync_time, False
-        self.opt_state = new_state
+        self.state = self.state.replace(opt_state=new_state)
         return new_params, info, sync_time, True
 
-    def optimize(self, params, energy_log: EnergyLog | None, ckpt_dir: Path):
+    def optimize(self, energy_log: EnergyLog | None, ckpt_dir: Path) -> None:
         """Runs steps until `optimization.steps`; checkpoints as configured, on a stop signal
         (then raises RunInterruptedError) and at the end. `energy_log` is rank 0's (None on
         the other ranks).
@@ -926,15 +920,17 @@ class VMCTrainer:
         t_start = last_ckpt = time.perf_counter()
         window: list[float] = []
         rejected_in_a_row = 0
-        while self.step < o.steps:
-            t, t_step = self.step, time.perf_counter()
+        params = self.state.params
+        while self.state.step < o.steps:
+            t, t_step = self.state.step, time.perf_counter()
             j = self.scheduler.next_geometry(t)  # position in this rank's shard
             s = self.systems[j]
             if self.scheduler.n_updates[j] == 0:  # first visit: equilibrate its walkers
                 self.burn(params, s, cfg.mcmc.burn_in_steps, STAGE_BURN_IN)
-            before = self.states[s.index]  # what a rejected step rolls this geometry back to
+            geometries = self.state.geometries
+            before = geometries[s.index]  # what a rejected step rolls this geometry back to
             k_sample, k_opt = jax.random.split(geometry_key(self.root, STAGE_VMC, t, s.index))
-            self.states[s.index], batch, stats = self.sample_and_measure(params, s.data, before, k_sample)
+            geometries[s.index], batch, stats = self.sample_and_measure(params, s.data, before, k_sample)
             stats = jax.device_get(stats)
             time_due = bool(every_seconds) and time.perf_counter() - last_ckpt >= every_seconds
             # One agreement before the update: skip it if any rank has non-finite energies,
@@ -948,11 +944,11 @@ class VMCTrainer:
             if accepted:
                 rejected_in_a_row = 0
             else:
-                self.states[s.index] = before
+                geometries[s.index] = before
                 rejected_in_a_row += 1
             step_time = time.perf_counter() - t_step
-            self.scheduler.record(j, t, float(stats["variance"]))
-            self.step = t + 1
+            self.scheduler.record(j, t, float(stats["variance"]))  # in the state's arrays
+            self.state = self.state.replace(params=params, step=t + 1)
             # The surrogate loss (about 0 by construction) means nothing; the energy is logged.
             update_metrics = {k: v for k, v in info.items() if k != "loss"}
             row = {
@@ -969,17 +965,17 @@ class VMCTrainer:
             if energy_log is not None:
                 self._log_rows(rows, energy_log, rejected_in_a_row)
             window.append(step_time)
-            if self.step % cfg.output.print_every == 0 or self.step == o.steps:
+            if self.state.step % cfg.output.print_every == 0 or self.state.step == o.steps:
                 self._progress(stats, s, batch.electrons.shape[0], window, rows)
                 window.clear()
                 if energy_log is not None:
                     energy_log.maybe_flush()  # readable by h5py while the run is live
-            due = (every_steps and self.step % every_steps == 0) or time_due
+            due = (every_steps and self.state.step % every_steps == 0) or time_due
             diverged = rejected_in_a_row >= MAX_CONSECUTIVE_REJECTED
-            if due or self.step == o.steps or stopping or diverged:
+            if due or self.state.step == o.steps or stopping or diverged:
                 if energy_log is not None:
                     energy_log.flush()  # the log never lags behind the newest checkpoint
-                path = self.save(params, ckpt_dir)
+                path = self.save(ckpt_dir)
                 last_ckpt = time.perf_counter()
                 self.log(f"checkpoint {path}")
                 if not stopping:
@@ -993,9 +989,8 @@ class VMCTrainer:
                 )
             if stopping:
                 raise RunInterruptedError(
-                    f"stopped by {self.stop.describe()} at step {self.step}; checkpoint {path}"
+                    f"stopped by {self.stop.describe()} at step {self.state.step}; checkpoint {path}"
                 )
-        return params
 
     def _log_rows(self, rows: list[dict], energy_log: EnergyLog, rejected_in_a_row: int) -> None:
         """Rank 0: appends the step's rows (one per rank) and reports a rejected step."""
@@ -1014,7 +1009,7 @@ class VMCTrainer:
             return
         err = float(np.sqrt(stats["variance"] / n_walkers))
         line = (
-            f"step {self.step:>7}/{self.cfg.optimization.steps}  {s.name:<12}"
+            f"step {self.state.step:>7}/{self.cfg.optimization.steps}  {s.name:<12}"
             f" E = {float(stats['energy']):.5f} +- {err:.5f} Ha"
             f"  var {float(stats['variance']):.4f}  pmove {float(stats['pmove']):.2f}"
             f"  {np.median(window):.3f} s/step"
@@ -1040,7 +1035,7 @@ def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFla
     evaluates its shard (no collectives) starting from the trainer's walkers; rank 0 gets
     {index: {key: value for every key of energy_log.EVALUATION_FIELDS}} of all geometries,
     the other ranks None."""
-    states = trainer.states
+    states = trainer.state.geometries
     sweep = make_mcmc_sweep(
         jax.vmap(trainer.log_abs_psi, (None, 0, None)),
         cfg.mcmc.steps_per_update,

@@ -1,9 +1,10 @@
 """Checkpoints in HDF5, without pickle: parameter files and full training checkpoints.
 
-Parameter files (`save_params`, format "hpcwf-params"): one dataset per leaf at its flax path.
+Parameter files (`save_params`, format "hpcwf-params"):
 
-    /params/<module>/<submodule>/.../<leaf>   arrays
-    /        attrs: format ("hpcwf-params"), version, model_size, orbitals, n_determinants, ...
+    /params  pytree group (see `write_pytree`; version 1 files, still read, had one dataset
+             per leaf at its flax path /params/<module>/.../<leaf>)
+    /        attrs: format ("hpcwf-params"), version (2), model_size, orbitals, n_determinants, ...
 
 Full training checkpoints (`save_checkpoint`, format "hpcwf-checkpoint"), everything needed to
 continue a run bit for bit:
@@ -24,15 +25,15 @@ A pytree group holds datasets "000000", "000001", ... (leaf i of
 attrs `path` (jax.tree_util.keystr of its key path) and `keys` (JSON list of the key entries, so a
 dict-of-dicts can be rebuilt without a template); the group has attr `n_leaves`.
 
-Both kinds are built in memory and written atomically (one write of the finished file to a
-temporary file `.<name>.tmp<pid>` in the same directory, fsync, os.replace, fsync of the
-directory) so a crash never leaves a half-written file under the final name, a file under its
-final name is never modified (a reader: another job's `[init] checkpoint`, `hpcwf inspect`, h5py
-with default locking, cannot disturb the writer), and a full disk or quota is one clean OSError
-(ENOSPC, EDQUOT, EFBIG) from that write, after which the temporary file is removed and every
-earlier file is untouched. A temporary file left by a killed process is removed by
-`remove_stale_temporaries`. All files are opened without HDF5 file locking
-(`hpcwf.io.h5files`), so lock-less file systems work. Checkpoint directories hold
+Both kinds are built in memory and written atomically by `hpcwf.io.h5files.replace_h5` (one
+write of the finished file to a temporary file `.<name>.tmp<pid>` in the same directory, fsync,
+os.replace, fsync of the directory) so a crash never leaves a half-written file under the final
+name, a file under its final name is never modified (a reader: another job's `[init]
+checkpoint`, `hpcwf inspect`, h5py with default locking, cannot disturb the writer), and a full
+disk or quota is one clean OSError (ENOSPC, EDQUOT, EFBIG) from that write, after which the
+temporary file is removed and every earlier file is untouched. A temporary file left by a
+killed process is removed by `remove_stale_temporaries`. All files are opened without HDF5 file
+locking (`hpcwf.io.h5files`), so lock-less file systems work. Checkpoint directories hold
 `ckpt_<step:09d>.h5` files (`checkpoint_path`, `list_checkpoints`, `latest_valid_checkpoint`,
 `apply_retention`).
 """
@@ -46,9 +47,8 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,14 @@ import numpy as np
 
 import hpcwf
 from hpcwf.errors import InputError
-from hpcwf.io.h5files import fsync_dir, open_h5, temporary_path
+from hpcwf.io.h5files import open_h5, replace_h5
 
 FORMAT_PARAMS = "hpcwf-params"
 FORMAT_CHECKPOINT = "hpcwf-checkpoint"
 CHECKPOINT_VERSION = 1
+# Parameter files: version 1 had one HDF5 group per dict level (still read), version 2 has the
+# pytree layout of full checkpoints.
+PARAMS_VERSION = 2
 
 # Packages whose versions decide whether a checkpoint's optimizer state / numerics can be reused.
 _VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "kfac_jax", "optax", "numpy", "h5py", "pyscf")
@@ -87,18 +90,12 @@ class CheckpointError(InputError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameter files (nested dicts of arrays stored as HDF5 groups).
-
-
-def _write_tree(group: h5py.Group, tree) -> None:
-    for key, value in tree.items():
-        if isinstance(value, dict) or hasattr(value, "items"):
-            _write_tree(group.create_group(str(key)), value)
-        else:
-            group.create_dataset(str(key), data=np.asarray(value))
+# Parameter files.
 
 
 def _read_tree(group: h5py.Group) -> dict:
+    """Parameters of a version-1 parameter file (one HDF5 group per dict level), written by
+    hpcwf before parameter files used the pytree layout of `write_pytree`; read only."""
     return {
         key: _read_tree(item) if isinstance(item, h5py.Group) else np.asarray(item[()])
         for key, item in group.items()
@@ -106,47 +103,6 @@ def _read_tree(group: h5py.Group) -> dict:
 
 
 _TMP_NAME = re.compile(r"^\.(ckpt_\d+|params)\.h5\.tmp\d+$")
-# Growth step of the in-memory HDF5 image: few reallocations for checkpoints of any size.
-_CORE_BLOCK_SIZE = 1 << 22
-
-
-@contextlib.contextmanager
-def _atomic_h5(path: Path, on_written: Callable[[Path], None] | None = None) -> Iterator[h5py.File]:
-    """Yields an h5py.File held in memory; after the block it is written to `.<name>.tmp<pid>`
-    next to `path` in one write, fsynced and renamed to `path` (`hpcwf.io.h5files`: the final
-    name is never written in place, no file locks). On any exception the temporary
-    file is removed and the exception re-raised; OSError is what a full disk or quota gives.
-
-    `on_written(tmp)` (tests only) is called once the temporary file holds every byte, before
-    fsync and rename: the moment at which a kill leaves a partial file behind.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    # HDF5 writing straight to disk meets ENOSPC in the middle of its metadata flush, raises from
-    # destructors and can crash the process; building the image in memory leaves the disk to
-    # one plain write whose failure is an ordinary OSError.
-    with h5py.File(
-        f"{path.name}-in-memory", "w", driver="core", backing_store=False, block_size=_CORE_BLOCK_SIZE
-    ) as f:
-        yield f
-        f.flush()
-        image = f.id.get_file_image()
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(image)
-            fh.flush()
-            if on_written is not None:
-                on_written(tmp)
-            # fsync pushes the bytes to disk before the rename makes the file visible.
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-    fsync_dir(path.parent)
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
@@ -166,13 +122,14 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
 
 
 def save_params(path: str | Path, params, metadata: dict) -> None:
-    """Writes `params` (nested dict of arrays) and scalar/string `metadata` atomically."""
-    with _atomic_h5(Path(path)) as f:
+    """Writes `params` (nested dict of arrays, pytree layout of `write_pytree`, version 2)
+    and scalar/string `metadata` atomically."""
+    with replace_h5(Path(path)) as f:
         f.attrs["format"] = FORMAT_PARAMS
-        f.attrs["version"] = 1
+        f.attrs["version"] = PARAMS_VERSION
         for key, value in metadata.items():
             f.attrs[key] = value
-        _write_tree(f.create_group("params"), params)
+        write_pytree(f.create_group("params"), params)
 
 
 def load_params(path: str | Path, *, verify: bool = True) -> tuple[dict, dict]:
@@ -190,9 +147,9 @@ def load_params(path: str | Path, *, verify: bool = True) -> tuple[dict, dict]:
             if "params" not in f:
                 raise CheckpointError(f"{path}: no 'params' group (not an hpcwf checkpoint)")
             attrs = dict(f.attrs)
-            if attrs.get("format") == FORMAT_CHECKPOINT:
-                return _read_pytree_as_dict(f["params"], path), attrs
-            return _read_tree(f["params"]), attrs
+            if attrs.get("format") == FORMAT_PARAMS and int(attrs.get("version", 1)) < 2:
+                return _read_tree(f["params"]), attrs  # written by an earlier hpcwf
+            return _read_pytree_as_dict(f["params"], path), attrs
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError) as err:
@@ -483,7 +440,7 @@ def save_checkpoint(
         geometries: JSON-serializable geometry dicts (numpy values are converted).
         metadata: scalar/string attrs (model_size, orbitals, n_determinants, basis, elements...);
             names in `_RESERVED_ATTRS` are refused.
-        on_written: fault-injection hook for tests (see `_atomic_h5`).
+        on_written: fault-injection hook for tests (see `hpcwf.io.h5files.replace_h5`).
 
     Raises OSError when the file cannot be written (disk full, quota, permissions); then no
     file is left behind and existing checkpoints are untouched.
@@ -492,7 +449,7 @@ def save_checkpoint(
     if clash:
         raise ValueError(f"metadata keys {sorted(clash)} are reserved checkpoint attributes")
     path = Path(path)
-    with _atomic_h5(path, on_written) as f:
+    with replace_h5(path, on_written=on_written) as f:
         f.attrs["format"] = FORMAT_CHECKPOINT
         f.attrs["version"] = CHECKPOINT_VERSION
         f.attrs["step"] = int(step)

@@ -10,9 +10,10 @@ Two things break on that:
   fails (`[Errno 37] No locks available`, or errno 38).
 
 So hpcwf never writes into a file that someone may be reading. Every new version of a file is
-written to a private temporary file `.<name>.tmp<pid>` next to it (a byte copy of the current
-version when the change is an edit), fsynced and renamed over it (`replace_h5`; for any file
-given as bytes, such as the resolved config.toml, `write_atomically`). rename(2) is
+built in memory (from a byte copy of the current version when the change is an edit), written
+to a private temporary file `.<name>.tmp<pid>` next to it in one write, fsynced and renamed over
+it (`write_atomically`, the one atomic writer of hpcwf: HDF5 files through `replace_h5`, other
+files, such as the resolved config.toml, given as bytes). rename(2) is
 atomic: a reader opening the file gets either the old or the new version, complete, and a
 reader holding the file open keeps the version it opened (the replaced inode lives until it is
 closed). No file is ever written by two processes at once, so locks protect nothing, and every
@@ -28,9 +29,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -62,43 +63,54 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+# Growth step of the in-memory HDF5 image: few reallocations for files of any size.
+_CORE_BLOCK_SIZE = 1 << 22
+
+
 @contextlib.contextmanager
-def replace_h5(path: str | os.PathLike, *, edit: bool = False) -> Iterator[h5py.File]:
-    """Yields an h5py.File open for writing on a temporary file next to `path`: an empty file,
-    or with `edit=True` a byte copy of the current `path` (empty if there is none). When the
-    block ends without an exception the file is closed, fsynced and renamed over `path`
-    (atomically; the directory is fsynced too); on any exception it is removed and `path` is
-    untouched. Raises what h5py or the OS raise (OSError for a full disk or an unreadable
-    `path` to edit)."""
+def replace_h5(
+    path: str | os.PathLike, *, edit: bool = False, on_written: Callable[[Path], None] | None = None
+) -> Iterator[h5py.File]:
+    """Yields an h5py.File held in memory: an empty file, or with `edit=True` a copy of the
+    current `path` (empty if there is none). When the block ends without an exception the
+    finished image is written to the temporary file `.<name>.tmp<pid>` next to `path` in one
+    write, fsynced, renamed over `path` (atomically) and the directory fsynced
+    (`write_atomically`); on any exception the temporary file is removed and `path` is
+    untouched. This is hpcwf's one way to write an HDF5 file (checkpoints, parameter files,
+    energies.h5, the HF cache).
+
+    HDF5 writing straight to disk meets ENOSPC in the middle of its metadata flush, raises from
+    destructors and can crash the process; building the image in memory leaves the disk to one
+    plain write whose failure is an ordinary OSError naming `path` (ENOSPC, EDQUOT, EFBIG).
+    `on_written`: see `write_atomically` (tests only).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        if edit and path.exists():
-            shutil.copyfile(path, tmp)  # a plain read: a reader's HDF5 lock does not matter
-            mode = "r+"
-        else:
-            mode = "w"
-        with open_h5(tmp, mode) as f:
+    if edit and path.exists():
+        # A plain read of the bytes: a reader's HDF5 lock does not matter.
+        buffer = io.BytesIO(path.read_bytes())
+        with h5py.File(buffer, "r+", locking=False) as f:
             yield f
-        # h5py closes (and hands its buffers to the OS) above; fsync puts them on disk before
-        # the rename makes the file visible under its final name.
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+        image = buffer.getvalue()
+    else:
+        with h5py.File(
+            f"{path.name}-in-memory", "w", driver="core", backing_store=False, block_size=_CORE_BLOCK_SIZE
+        ) as f:
+            yield f
+            f.flush()
+            image = f.id.get_file_image()
+    write_atomically(path, image, on_written)
 
 
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+def write_atomically(
+    path: str | os.PathLike, data: bytes, on_written: Callable[[Path], None] | None = None
+) -> None:
     """Writes `data` as the new version of `path` the way every hpcwf file is written: to
     `.<name>.tmp<pid>` next to it, fsynced, renamed over `path` (atomically) and the directory
     fsynced, so that a reader or a crash sees the old or the new version, complete. The parent
     directory is created if needed. On any exception the temporary file is removed and `path`
-    is untouched; an OSError (a full disk, a quota) names `path` when the OS named no file."""
+    is untouched; an OSError (a full disk, a quota) names `path` when the OS named no file.
+    `on_written(tmp)` (tests only) is called once the temporary file holds every byte, before
+    fsync and rename: the moment at which a kill leaves a partial file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
@@ -106,6 +118,9 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
+            if on_written is not None:
+                on_written(tmp)
+            # fsync pushes the bytes to disk before the rename makes the file visible.
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as err:
