@@ -283,3 +283,66 @@ def test_init_checkpoint_names_a_file_or_a_run_dir(tmp_path):
 def test_metadata_cannot_shadow_reserved_attrs(tmp_path):
     with pytest.raises(ValueError, match="reserved"):
         _save(tmp_path / "x.h5", 1, metadata={"step": 3})
+
+
+def test_train_state_template_from_its_constructor_roundtrips(tmp_path):
+    """The whole train state goes through a checkpoint, read into `jax.eval_shape` of the
+    function that builds it (no field list written out); a reader holding a subset of the
+    geometries (one rank's shard) gets those and their scheduler entries. <2 s."""
+    import optax
+
+    from hpcwf.mcmc import init_walkers
+    from hpcwf.training.schedule import GeometryScheduler
+    from hpcwf.training.state import TrainState, read_train_state, write_train_state
+    from hpcwf.training.vmc import new_geometry_state
+
+    geometry = struct.dataclass(type("Geometry", (), {"__annotations__": {"nuclei": jnp.ndarray}}))(
+        jnp.zeros((2, 3), jnp.float32)
+    )
+
+    def log_abs(params, electrons, _):  # [n_walkers, n_el, 3] -> [n_walkers]
+        return -params["w"] * jnp.sum(electrons**2, axis=(1, 2))
+
+    def build(params, electrons: dict) -> TrainState:
+        return TrainState(
+            params=params,
+            opt_state=optax.adam(0.1).init(params),
+            geometries={
+                i: new_geometry_state(init_walkers(log_abs, params, geometry, e, 0.2))
+                for i, e in electrons.items()
+            },
+            scheduler=GeometryScheduler(len(electrons)).state_dict(),
+        )
+
+    params = {"w": jnp.asarray(0.5, jnp.float32)}
+    rng = np.random.default_rng(0)
+    state = build(params, {i: rng.normal(size=(4, 3, 3)) for i in range(3)})
+    state = state.replace(step=7, scheduler={**state.scheduler, "last_step": np.array([3, 5, 6], np.int64)})
+    path = checkpoint_path(tmp_path, 7)
+    write_train_state(path, state, config_toml="", geometries=[{"name": n} for n in "abc"], metadata={})
+
+    electrons = jax.ShapeDtypeStruct((4, 3, 3), jnp.float32)
+    template = jax.eval_shape(build, params, {0: electrons, 2: electrons})
+    loaded, _ = read_train_state(path, template, 3)
+    assert loaded.step == 7 and sorted(loaded.geometries) == [0, 2]
+    _assert_bitwise(state.params, loaded.params)
+    _assert_bitwise(state.opt_state, loaded.opt_state)
+    for i in (0, 2):
+        _assert_bitwise(state.geometries[i], loaded.geometries[i])
+    np.testing.assert_array_equal(loaded.scheduler["last_step"], [3, 6])
+    with pytest.raises(CheckpointError, match="holds 3 geometries, job has 4"):
+        read_train_state(path, template, 4)
+
+
+def test_parameter_files_use_the_pytree_layout_and_version_1_still_loads(tmp_path):
+    """One pytree format: parameter files are written like full checkpoints' /params (version 2);
+    those written before (one group per dict level, version 1) still load."""
+    save_params(tmp_path / "new.h5", _params(), {})
+    with h5py.File(tmp_path / "new.h5", "r") as f:
+        assert int(f.attrs["version"]) == 2 and int(f["params"].attrs["n_leaves"]) == 3
+    path = tmp_path / "params.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["format"], f.attrs["version"] = "hpcwf-params", 1
+        f.create_dataset("params/dense/kernel", data=np.ones((3, 2), np.float32))
+    loaded, meta = load_params(path)
+    assert loaded["dense"]["kernel"].shape == (3, 2) and int(meta["version"]) == 1
