@@ -1,8 +1,11 @@
 """The job: HF descriptors -> HF pre-training -> VMC optimization -> evaluation.
 
-This module is the edge where files, clocks, printing and MPI live; everything it calls is a
-pure function of (params, geometry, state, key). Random keys are derived from (seed, stage,
-step, geometry index) alone, so a run is reproducible, a restart needs no RNG stream to be
+This module is the edge where files and the run directory live: it checks the input and the
+run dir before anything is written, prepares the geometries (HF), chooses between a fresh
+start and a resume, writes and reads the train state (`save_train_state`, `load_train_state`)
+and hands the stages (`hpcwf.training.stages`) to the stage runner (`hpcwf.runner`), which
+owns the step loop. Random keys are derived from (seed, stage, step, geometry index) alone
+(`hpcwf.runner.stage_key`), so a run is reproducible, a restart needs no RNG stream to be
 carried, and a geometry draws the same numbers whichever rank holds it.
 
 Parallel picture (hpcwf.parallel): the dataset is sharded over ranks; every step each rank
@@ -13,10 +16,7 @@ checkpoint state and is the only writer.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +27,8 @@ import numpy as np
 import tomli_w
 from flax import traverse_util
 
-from hpcwf.analysis.statistics import MonteCarloEstimate, multi_chain_statistics
-from hpcwf.errors import RunDivergedError, RunInterruptedError, StorageError
-from hpcwf.hamiltonian import make_local_energy
-from hpcwf.io import log_schema
+from hpcwf.errors import StorageError
+from hpcwf.faults import FaultInjection
 from hpcwf.io.checkpoint import (
     CheckpointError,
     apply_retention,
@@ -49,106 +47,29 @@ from hpcwf.io.config import ConfigError, JobConfig, config_to_dict, write_resolv
 from hpcwf.io.energy_log import EnergyLog, damage_reason
 from hpcwf.io.h5files import forced_locking_problem
 from hpcwf.io.hf_cache import HartreeFockCache
-from hpcwf.mcmc import init_walkers, initial_electrons, make_mcmc_sweep
-from hpcwf.model.geometry import GeometryData, geometry_data
+from hpcwf.mcmc import initial_electrons
+from hpcwf.model.geometry import geometry_data
 from hpcwf.model.registry import molecule_shape
 from hpcwf.model.wavefunction import (
     Wavefunction,
     build_wavefunction,
     count_parameters,
     init_params,
-    log_abs_psi_fn,
 )
 from hpcwf.parallel import ParallelContext, geometry_cost, init_parallel, shard_geometries
+from hpcwf.runner import Runner, stage_key
 from hpcwf.signals import StopFlag
 from hpcwf.systems.hartree_fock import HartreeFockResult, descriptor_size
-from hpcwf.training.optimizer import ScheduleSettings, all_finite, make_optimizer
-from hpcwf.training.pretrain import (
-    HartreeFockOrbitals,
-    PretrainBatch,
-    hf_log_abs_psi,
-    make_hf_sweep,
-    make_pretrain_optimizer,
+from hpcwf.training.pretrain import HartreeFockOrbitals
+from hpcwf.training.stages import (
+    DTYPE,
+    STAGE_INIT,
+    EvaluationStage,
+    PretrainStage,
+    System,
+    VMCStage,
 )
-from hpcwf.training.schedule import GeometryScheduler
 from hpcwf.training.state import TrainState, read_train_state, write_train_state
-from hpcwf.training.vmc import (
-    VMCBatch,
-    make_burn_in,
-    make_energy_loss,
-    make_sample_and_measure,
-    new_geometry_state,
-)
-
-# Stage tags folded into the root key so stages never share random numbers.
-STAGE_INIT, STAGE_PRETRAIN, STAGE_BURN_IN, STAGE_VMC, STAGE_EVAL = range(5)
-BURN_IN_CHUNK = 10  # MCMC steps between step-size adaptations during burn-in
-# Rejected (non-finite) steps in a row before the run stops; each retry samples with a new key.
-MAX_CONSECUTIVE_REJECTED = 20
-# The optimizer's log columns of a step without an update (NaN).
-_NO_UPDATE = log_schema.missing_values("train", "update")
-
-DTYPE = jnp.float32
-
-
-@dataclasses.dataclass(frozen=True)
-class FaultInjection:
-    """Faults that tests inject, read once from the environment here at the edge (TEST ONLY;
-    leave these variables unset in production):
-
-    HPCWF_TEST_POISON_STEPS   comma-separated steps or inclusive ranges ("3,4", "0-99") whose
-                              update comes out non-finite: the last parameter leaf is set to NaN
-                              on the highest rank after the global update. A "pretrain:" prefix
-                              ("pretrain:2") means an HF pre-training step.
-    HPCWF_TEST_CHECKPOINT_SIGNAL  "SIGTERM@6": rank 0 sends itself that signal while writing the
-                              checkpoint of step 6, after its bytes and before the rename (as a
-                              scancel or a kill would hit a write in progress).
-    """
-
-    poison: tuple[tuple[str, int, int], ...] = ()  # (stage, first step, last step)
-    checkpoint_signal: tuple[int, int] | None = None  # (signal number, step)
-
-    @classmethod
-    def from_environment(cls) -> FaultInjection:
-        poison = []
-        for item in filter(None, os.environ.get("HPCWF_TEST_POISON_STEPS", "").replace(" ", "").split(",")):
-            stage, _, steps = item.rpartition(":")
-            first, _, last = steps.partition("-")
-            poison.append((stage or "vmc", int(first), int(last or first)))
-        sig = None
-        if spec := os.environ.get("HPCWF_TEST_CHECKPOINT_SIGNAL", ""):
-            name, _, step = spec.partition("@")
-            sig = (int(signal.Signals[name]), int(step))
-        return cls(tuple(poison), sig)
-
-    def poisons(self, stage: str, step: int, ctx: ParallelContext) -> bool:
-        return ctx.rank == ctx.size - 1 and any(
-            s == stage and first <= step <= last for s, first, last in self.poison
-        )
-
-    def checkpoint_hook(self, step: int) -> Callable[[Path], None] | None:
-        if self.checkpoint_signal is None or self.checkpoint_signal[1] != step:
-            return None
-        return lambda tmp: os.kill(os.getpid(), self.checkpoint_signal[0])
-
-
-def _poisoned(params):
-    """`params` with its last leaf set to NaN (FaultInjection)."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    leaves[-1] = leaves[-1] * jnp.nan
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-@dataclasses.dataclass
-class System:
-    """One geometry of the dataset, ready for the network."""
-
-    index: int
-    name: str
-    hf: HartreeFockResult
-    data: GeometryData
-    hf_orbitals: HartreeFockOrbitals
-    reference: float | None
 
 
 def _device_orbitals(hf: HartreeFockResult) -> HartreeFockOrbitals:
@@ -247,10 +168,6 @@ def restore_params(path: str, template, cfg: JobConfig):
     return traverse_util.unflatten_dict(
         {k: jnp.asarray(flat_loaded[k], v.dtype) for k, v in flat_template.items()}
     )
-
-
-def stage_key(root: jax.Array, stage: int, step: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.fold_in(root, stage), step)
 
 
 # Settings a resumed run must share with the run in its dir: job key -> (why, whether the run's
@@ -372,11 +289,6 @@ def _check_run_dir(cfg: JobConfig, out: Path, log: Callable) -> None:
             "newest checkpoint is then compared instead), or set another [output] dir",
         ) from err
     _compare_with_run(cfg, old, f"the run in {out} (config.toml)", out)
-
-
-def geometry_key(root: jax.Array, stage: int, step: int, index: int) -> jax.Array:
-    """Key of geometry `index` at `step` of `stage`: independent of which rank holds it."""
-    return jax.random.fold_in(stage_key(root, stage, step), index)
 
 
 def _resume_point(cfg: JobConfig, out: Path, restart: str | None, log: Callable) -> Path | None:
@@ -510,15 +422,14 @@ def run_job(
         energy_log = EnergyLog(out / "energies.h5", cfg.geometries)
     stop = StopFlag().install()
     faults = FaultInjection.from_environment()
-    trainer = VMCTrainer(
-        cfg, model, systems, root, log, finetune=bool(init_file), stop=stop, ctx=ctx, faults=faults
-    )
+    runner = Runner(ctx, root, log, stop, energy_log, cfg.output.print_every)
+    vmc = VMCStage(cfg, model, systems, root, finetune=bool(init_file), ctx=ctx, faults=faults)
 
     if resume_path is not None:
-        trainer.load(resume_path, params)
+        state = load_train_state(resume_path, vmc, params, len(cfg.geometries))
         if energy_log is not None:
-            energy_log.truncate(trainer.state.step)
-        log(f"resumed from {resume_path} at step {trainer.state.step}")
+            energy_log.truncate(state.step)
+        log(f"resumed from {resume_path} at step {state.step}")
     else:
         if energy_log is not None:
             # A run that died before its first checkpoint (or another job's) starts over: no
@@ -539,20 +450,25 @@ def run_job(
             for s in systems
         }
         if not init_file and cfg.pretraining.steps > 0:
-            params, walkers = pretrain(
-                cfg, model, params, systems, walkers, root, log, stop, ctx, energy_log, faults
-            )
-        trainer.init_states(params, walkers)
+            pre = PretrainStage(cfg, model, systems, ctx, faults)
+            pretrained = runner.run(pre, pre.initial_state(params, walkers))
+            params, walkers = pretrained.params, pre.sampled_electrons(pretrained, walkers)
+        state = vmc.place(vmc.initial_state(params, walkers))
 
     if not (init_file and cfg.init.mode == "evaluate"):
-        trainer.optimize(energy_log, ckpt_dir)
-    params = trainer.state.params
+        state = runner.run(
+            vmc,
+            state,
+            checkpoint=lambda st: save_train_state(st, cfg, ctx, ckpt_dir, log, faults),
+            every_steps=cfg.checkpoint.every_steps,
+            every_minutes=cfg.checkpoint.every_minutes,
+        )
     if ctx.is_root:
-        save_params(ckpt_dir / "params.h5", jax.device_get(params), params_metadata(cfg))
+        save_params(ckpt_dir / "params.h5", jax.device_get(state.params), params_metadata(cfg))
         energy_log.flush()
 
     if cfg.evaluation.steps > 0:
-        results = evaluate(cfg, params, systems, trainer, root, log, stop, ctx)
+        results = evaluate(runner, EvaluationStage(cfg, vmc, systems, root), state, ctx, log)
         if energy_log is not None:
             energy_log.write_evaluation(results, len(cfg.geometries), cfg.evaluation.steps)
     ctx.barrier()  # no rank reports success before rank 0 has written everything
@@ -607,473 +523,86 @@ def params_digest(params) -> str:
     return h.hexdigest()
 
 
-def place_walkers(ctx: ParallelContext, state):
-    """A walker-state pytree (`WalkerState`, `GeometryState`) on this rank's devices: arrays
-    with a walker axis (leading) split over the devices, scalars (step size, clipping
-    statistics) replicated."""
-    return jax.tree_util.tree_map(
-        lambda x: ctx.local_split(jnp.asarray(x)) if np.ndim(x) else ctx.local_replicated(jnp.asarray(x)),
-        state,
-    )
-
-
-def pretrain(
-    cfg,
-    model,
-    params,
-    systems,
-    electrons,
-    root,
-    log,
-    stop: StopFlag,
+def save_train_state(
+    state: TrainState,
+    cfg: JobConfig,
     ctx: ParallelContext,
-    energy_log: EnergyLog | None = None,
-    faults: FaultInjection = FaultInjection(),
-):
-    """HF pre-training; each rank goes round-robin through its shard, one global Adam update
-    per step. Every rank's loss on its own geometry goes to `energy_log` (rank 0's; None on
-    the other ranks) under /pretrain. Returns (params, walkers sampled from HF).
-
-    An update whose new parameters or Adam state are not finite on some rank is rejected on
-    every rank (parameters, Adam state and that geometry's walkers stay as before the step);
-    MAX_CONSECUTIVE_REJECTED in a row raise RunDivergedError (pre-training has no checkpoint)."""
-    optimizer = make_pretrain_optimizer(model, cfg.pretraining.learning_rate)
-    update = ctx.make_global_update(optimizer.apply)
-    sweep = make_hf_sweep(cfg.mcmc.steps_per_update)
-    opt_state = ctx.local_replicated(optimizer.init(params, None, None))
-    n = cfg.pretraining.batch_size or cfg.optimization.batch_size
-    hf_batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
-    walkers = {
-        s.index: place_walkers(
-            ctx,
-            init_walkers(
-                hf_batched, s.hf_orbitals, s.data, electrons[s.index][:n], cfg.mcmc.initial_step_size
-            ),
-        )
-        for s in systems
-    }
-    if energy_log is not None:
-        energy_log.start_pretrain()  # not resumable: a rerun starts over, so drop stale rows
-    t0 = time.perf_counter()
-    rejected_in_a_row = 0
-    for t in range(cfg.pretraining.steps):
-        s = systems[t % len(systems)]
-        key = geometry_key(root, STAGE_PRETRAIN, t, s.index)
-        before = walkers[s.index]
-        walkers[s.index], pmove = sweep(s.hf_orbitals, s.data, before, key)
-        batch = PretrainBatch(walkers[s.index].electrons, s.data, s.hf_orbitals)
-        stats = optimizer.local_statistics(params, opt_state, key, batch)
-        # info["loss"] is averaged over ranks; the per-geometry curve needs each rank's own.
-        row = dict(step=t, geometry=s.index, loss=float(jax.device_get(stats.loss)[0]))
-        new_params, new_state, info = update(params, opt_state, stats, t)
-        if faults.poisons("pretrain", t, ctx):
-            new_params = _poisoned(new_params)
-        # One agreement per step: reject the update if it is not finite on any rank; stop if
-        # any rank got a signal.
-        finite = bool(all_finite((new_params, new_state)))
-        rejected, stopping = ctx.any([not finite, stop.requested is not None])
-        if rejected:
-            walkers[s.index] = before
-            rejected_in_a_row += 1
-            log(f"pretrain step {t}: non-finite update rejected, rolled back ({rejected_in_a_row} in a row)")
-        else:
-            params, opt_state = new_params, new_state
-            rejected_in_a_row = 0
-        rows = ctx.gather({**row, "rolled_back": int(rejected)})
-        if energy_log is not None:
-            for r in rows:
-                energy_log.append_pretrain(**r)
-        if rejected_in_a_row >= MAX_CONSECUTIVE_REJECTED:
-            if energy_log is not None:
-                energy_log.flush()
-            raise RunDivergedError(
-                f"HF pre-training: {rejected_in_a_row} consecutive non-finite updates up to step {t}; "
-                "nothing was saved (pre-training has no checkpoints, a rerun starts over)"
-            )
-        if stopping:
-            raise RunInterruptedError(
-                f"stopped by {stop.describe()} during HF pre-training at step {t + 1} (no checkpoint yet: "
-                "a rerun starts over)"
-            )
-        if (t + 1) % cfg.output.print_every == 0 or t + 1 == cfg.pretraining.steps:
-            log(
-                f"pretrain {t + 1:>6}/{cfg.pretraining.steps}  {s.name:<12} loss {float(info['loss']):.3e}  "
-                f"pmove {float(pmove):.2f}  {(time.perf_counter() - t0) / (t + 1):.3f} s/step"
-            )
-            if energy_log is not None:
-                energy_log.maybe_flush()  # readable by h5py while pre-training runs
-    # Pre-trained walkers (HF distribution) replace the first n starting positions.
-    sampled = {i: electrons[i].copy() for i in electrons}
-    for i, w in walkers.items():
-        sampled[i][:n] = np.asarray(w.electrons)[: sampled[i].shape[0]]
-    return params, sampled
-
-
-class VMCTrainer:
-    """Variational optimization of this rank's shard, one geometry per step and rank, chosen
-    by the scheduler; one global update per step over all ranks.
-
-    Its `state` (`TrainState`: parameters, optimizer state, step, this rank's geometry states
-    and scheduler statistics) is everything a checkpoint holds; `save` gathers it from all
-    ranks, `load` takes this rank's part of any checkpoint (also one written by a different
-    number of ranks) into a template made by `jax.eval_shape` of `initial_state`.
-    """
-
-    def __init__(
-        self,
-        cfg: JobConfig,
-        model: Wavefunction,
-        systems: list[System],
-        root,
-        log,
-        finetune: bool,
-        stop: StopFlag,
-        ctx: ParallelContext,
-        faults: FaultInjection = FaultInjection(),
-    ):
-        self.cfg, self.systems, self.root, self.log, self.stop, self.ctx = cfg, systems, root, log, stop, ctx
-        self.faults = faults
-        o = cfg.optimization
-        # Fine-tuning: fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3).
-        schedule = ScheduleSettings.from_config(o, cfg.init if finetune else None)
-        self.log_abs_psi = log_abs_psi_fn(model)
-        self.local_energy = make_local_energy(self.log_abs_psi, "forward")
-        self.optimizer = make_optimizer(
-            o.optimizer, make_energy_loss(self.log_abs_psi), schedule, o.batch_size * ctx.size
-        )
-        self.update = ctx.make_global_update(self.optimizer.apply)
-        self.sample_and_measure = make_sample_and_measure(
-            self.log_abs_psi,
-            self.local_energy,
-            cfg.mcmc.steps_per_update,
-            cfg.mcmc.target_acceptance,
-            cfg.mcmc.max_age,
-            o.clip_width,
-        )
-        self._burn_in = make_burn_in(
-            self.log_abs_psi, BURN_IN_CHUNK, cfg.mcmc.target_acceptance, cfg.mcmc.max_age
-        )
-        self.scheduler = GeometryScheduler(len(systems), cfg.scheduler.warmup_rounds, cfg.scheduler.max_age)
-        self.state: TrainState | None = None
-
-    def _set_state(self, state: TrainState) -> None:
-        """Places `state` on this rank's devices and makes it the trainer's state; the
-        scheduler then works on the state's scheduler arrays in place."""
-        self.scheduler.load_state_dict(state.scheduler)
-        self.state = state.replace(
-            params=self.ctx.local_replicated(state.params),
-            opt_state=self.ctx.local_replicated(state.opt_state),
-            geometries={i: place_walkers(self.ctx, g) for i, g in state.geometries.items()},
-            scheduler=self.scheduler.state_dict(),
-        )
-
-    def _template_batch(self) -> VMCBatch:
-        """A batch of the right structure (this rank's first geometry) for optimizer.init."""
-        s, n = self.systems[0], self.cfg.optimization.batch_size
-        return VMCBatch(jnp.zeros((n, s.data.n_electrons, 3), DTYPE), jnp.zeros(n, DTYPE), s.data)
-
-    def _init_optimizer(self, params):
-        # The same key and parameters on every rank: the state starts identical everywhere.
-        return self.optimizer.init(params, stage_key(self.root, STAGE_INIT, 1), self._template_batch())
-
-    def initial_state(self, params, electrons: dict[int, np.ndarray]) -> TrainState:
-        """The state at step 0 (not placed on devices): `params`, a fresh optimizer state and
-        walkers at `electrons` [n_walkers, n_el, 3] per geometry index. Also the template of
-        every checkpoint load (`jax.eval_shape` of it)."""
-        batched = jax.vmap(self.log_abs_psi, (None, 0, None))
-        geometries = {
-            s.index: new_geometry_state(
-                init_walkers(batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size)
-            )
-            for s in self.systems
-        }
-        sched = self.cfg.scheduler
-        fresh = GeometryScheduler(len(self.systems), sched.warmup_rounds, sched.max_age)
-        return TrainState(
-            params=params,
-            opt_state=self._init_optimizer(params),
-            geometries=geometries,
-            scheduler=fresh.state_dict(),
-            step=0,
-        )
-
-    def init_states(self, params, electrons: dict[int, np.ndarray]) -> None:
-        self._set_state(self.initial_state(params, electrons))
-
-    def state_template(self, params) -> TrainState:
-        """Shapes and dtypes (jax.ShapeDtypeStruct leaves) of this rank's state, from
-        `initial_state` itself."""
-        n = self.cfg.optimization.batch_size
-        electrons = {s.index: jax.ShapeDtypeStruct((n, s.data.n_electrons, 3), DTYPE) for s in self.systems}
-        return jax.eval_shape(self.initial_state, params, electrons)
-
-    def burn(self, params, s: System, steps: int, stage: int) -> None:
-        geometries = self.state.geometries
-        walkers = geometries[s.index].walkers
-        for chunk in range(steps // BURN_IN_CHUNK):
-            walkers = self._burn_in(params, s.data, walkers, geometry_key(self.root, stage, chunk, s.index))
-        geometries[s.index] = geometries[s.index].replace(walkers=walkers)
-
-    def save(self, ckpt_dir: Path) -> Path:
-        """Gathers every rank's geometry states and scheduler entries; rank 0 writes the whole
-        train state. Collective."""
-        state = self.state
-        mine = (
-            {i: jax.device_get(g) for i, g in state.geometries.items()},
-            {i: {k: v[j] for k, v in state.scheduler.items()} for j, i in enumerate(state.geometries)},
-        )
-        params = jax.device_get(state.params)
-        parts = self.ctx.gather((*mine, params_digest(params)))
-        path = checkpoint_path(ckpt_dir, state.step)
-        failure = None
-        if self.ctx.is_root:
-            digests = [part[2] for part in parts]
-            if len(set(digests)) > 1:  # must never happen: the update is the same on all ranks
-                raise RuntimeError(f"parameters differ between ranks at step {state.step}: {digests}")
-            geometries, per_geometry = {}, {}
-            for part_states, part_sched, _ in parts:
-                geometries.update(part_states)
-                per_geometry.update(part_sched)
-            order = range(len(self.cfg.geometries))
-            whole = state.replace(
-                params=params,
-                opt_state=jax.device_get(state.opt_state),
-                geometries={i: geometries[i] for i in order},
-                scheduler={
-                    k: np.array([per_geometry[i][k] for i in order], dtype=np.asarray(v).dtype)
-                    for k, v in state.scheduler.items()
-                },
-            )
-            try:
-                write_train_state(
-                    path,
-                    whole,
-                    config_toml=tomli_w.dumps(config_to_dict(self.cfg)),
-                    geometries=[m.to_dict() for m in self.cfg.geometries],
-                    metadata={
-                        **params_metadata(self.cfg),
-                        "n_ranks": self.ctx.size,
-                        "params_sha256": digests[0],
-                    },
-                    on_written=self.faults.checkpoint_hook(state.step),
-                )
-            except OSError as err:  # disk full, quota: nothing was written, older files stand
-                previous = latest_valid_checkpoint(ckpt_dir, self.log)
-                failure = (
-                    f"{path}: cannot write checkpoint ({err.strerror or err}); stopped at step {state.step}, "
-                    f"the newest valid checkpoint is {previous or 'none'}: free space, then rerun to resume"
-                )
-            else:
-                apply_retention(ckpt_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
-        # Every rank waits for rank 0's file (or its failure) before going on or exiting.
-        failure = self.ctx.bcast(failure)
-        if failure is not None:
-            raise StorageError(failure)
-        return path
-
-    def load(self, path: Path, params_template) -> None:
-        """Restores the train state (this rank's geometries) from `path`, whatever number of
-        ranks wrote it."""
-        template = self.state_template(params_template)
-        if not checkpoint_has_optimizer_state(path):
-            template = template.replace(opt_state=None)
-        state, _ = read_train_state(path, template, len(self.cfg.geometries))
-        if state.opt_state is None:
-            state = state.replace(opt_state=self._init_optimizer(self.ctx.local_replicated(state.params)))
-        self._set_state(state)
-
-    def _update(self, params, batch: VMCBatch, key, t: int):
-        """The global update of step `t` from this rank's `batch`, kept only if the new
-        parameters and optimizer state are finite on every rank. Returns (params, info,
-        sync_time, accepted); on rejection `params` and the state's optimizer state are the old
-        ones. Collective."""
-        opt_state = self.state.opt_state
-        local = jax.block_until_ready(self.optimizer.local_statistics(params, opt_state, key, batch))
-        t_sync = time.perf_counter()
-        new_params, new_state, info = self.update(params, opt_state, local, t)
-        if self.faults.poisons("vmc", t, self.ctx):
-            new_params = _poisoned(new_params)
-        finite = bool(all_finite((new_params, new_state)))
-        info = jax.device_get(info)
-        sync_time = time.perf_counter() - t_sync
-        # Every rank checks its own copy and all follow the verdict, so the parameters stay
-        # identical on all ranks even if only one of them went bad.
-        (rejected,) = self.ctx.any([not finite])
-        if rejected:
-            return params, info, sync_time, False
-        self.state = self.state.replace(opt_state=new_state)
-        return new_params, info, sync_time, True
-
-    def optimize(self, energy_log: EnergyLog | None, ckpt_dir: Path) -> None:
-        """Runs steps until `optimization.steps`; checkpoints as configured, on a stop signal
-        (then raises RunInterruptedError) and at the end. `energy_log` is rank 0's (None on
-        the other ranks).
-
-        A step is rejected when a walker's local energy (on any rank) or the updated
-        parameters / optimizer state (on any rank) are not finite: parameters, optimizer
-        state and that geometry's walkers stay as they were before the step (FermiNet's
-        reset-if-NaN, DeepQMC's rewind), and the next step samples with its own new key.
-        MAX_CONSECUTIVE_REJECTED rejections in a row raise RunDivergedError after a
-        checkpoint, which therefore always holds finite parameters."""
-        cfg, o, ctx = self.cfg, self.cfg.optimization, self.ctx
-        every_steps, every_seconds = cfg.checkpoint.every_steps, 60.0 * cfg.checkpoint.every_minutes
-        t_start = last_ckpt = time.perf_counter()
-        window: list[float] = []
-        rejected_in_a_row = 0
-        params = self.state.params
-        while self.state.step < o.steps:
-            t, t_step = self.state.step, time.perf_counter()
-            j = self.scheduler.next_geometry(t)  # position in this rank's shard
-            s = self.systems[j]
-            if self.scheduler.n_updates[j] == 0:  # first visit: equilibrate its walkers
-                self.burn(params, s, cfg.mcmc.burn_in_steps, STAGE_BURN_IN)
-            geometries = self.state.geometries
-            before = geometries[s.index]  # what a rejected step rolls this geometry back to
-            k_sample, k_opt = jax.random.split(geometry_key(self.root, STAGE_VMC, t, s.index))
-            geometries[s.index], batch, stats = self.sample_and_measure(params, s.data, before, k_sample)
-            stats = jax.device_get(stats)
-            time_due = bool(every_seconds) and time.perf_counter() - last_ckpt >= every_seconds
-            # One agreement before the update: skip it if any rank has non-finite energies,
-            # stop if any rank got a signal, checkpoint if rank 0's clock says so.
-            skip, stopping, time_due = ctx.any(
-                [stats["n_nonfinite"] > 0, self.stop.requested is not None, time_due and ctx.is_root]
-            )
-            info, sync_time, accepted = _NO_UPDATE, np.nan, False
-            if not skip:
-                params, info, sync_time, accepted = self._update(params, batch, k_opt, t)
-            if accepted:
-                rejected_in_a_row = 0
-            else:
-                geometries[s.index] = before
-                rejected_in_a_row += 1
-            step_time = time.perf_counter() - t_step
-            self.scheduler.record(j, t, float(stats["variance"]))  # in the state's arrays
-            self.state = self.state.replace(params=params, step=t + 1)
-            # The surrogate loss (about 0 by construction) means nothing; the energy is logged.
-            update_metrics = {k: v for k, v in info.items() if k != "loss"}
-            row = {
-                "step": t,
-                "geometry": s.index,
-                **stats,
-                **update_metrics,
-                "time": time.perf_counter() - t_start,
-                "step_time": step_time,
-                "sync_time": sync_time,
-                "rolled_back": int(not accepted),
-            }
-            rows = ctx.gather(row)
-            if energy_log is not None:
-                self._log_rows(rows, energy_log, rejected_in_a_row)
-            window.append(step_time)
-            if self.state.step % cfg.output.print_every == 0 or self.state.step == o.steps:
-                self._progress(stats, s, batch.electrons.shape[0], window, rows)
-                window.clear()
-                if energy_log is not None:
-                    energy_log.maybe_flush()  # readable by h5py while the run is live
-            due = (every_steps and self.state.step % every_steps == 0) or time_due
-            diverged = rejected_in_a_row >= MAX_CONSECUTIVE_REJECTED
-            if due or self.state.step == o.steps or stopping or diverged:
-                if energy_log is not None:
-                    energy_log.flush()  # the log never lags behind the newest checkpoint
-                path = self.save(ckpt_dir)
-                last_ckpt = time.perf_counter()
-                self.log(f"checkpoint {path}")
-                if not stopping:
-                    # A signal that arrived during the write stops the run at this checkpoint,
-                    # not one step and one more write later (SLURM's KillWait may not allow it).
-                    (stopping,) = ctx.any([self.stop.requested is not None])
-            if diverged:
-                raise RunDivergedError(
-                    f"{rejected_in_a_row} consecutive steps rejected as non-finite; "
-                    f"checkpoint of the last finite state: {path}"
-                )
-            if stopping:
-                raise RunInterruptedError(
-                    f"stopped by {self.stop.describe()} at step {self.state.step}; checkpoint {path}"
-                )
-
-    def _log_rows(self, rows: list[dict], energy_log: EnergyLog, rejected_in_a_row: int) -> None:
-        """Rank 0: appends the step's rows (one per rank) and reports a rejected step."""
-        for r in rows:
-            energy_log.append(**r)
-        if not rows[0]["rolled_back"]:
-            return
-        bad = [f"{r['n_nonfinite']} on {self.cfg.geometries[r['geometry']].name}" for r in rows]
-        bad = [b for b, r in zip(bad, rows, strict=True) if r["n_nonfinite"]]
-        why = f"non-finite E_L ({', '.join(bad)})" if bad else "non-finite update"
-        self.log(f"step {rows[0]['step']}: {why}; rejected, rolled back ({rejected_in_a_row} in a row)")
-
-    def _progress(self, stats, s: System, n_walkers: int, window: list[float], rows) -> None:
-        """Rank 0's progress line: its own geometry, plus throughput and sync share over ranks."""
-        if rows is None:
-            return
-        err = float(np.sqrt(stats["variance"] / n_walkers))
-        line = (
-            f"step {self.state.step:>7}/{self.cfg.optimization.steps}  {s.name:<12}"
-            f" E = {float(stats['energy']):.5f} +- {err:.5f} Ha"
-            f"  var {float(stats['variance']):.4f}  pmove {float(stats['pmove']):.2f}"
-            f"  {np.median(window):.3f} s/step"
-        )
-        if self.ctx.size > 1:
-            # The rank that arrived last in the global update waited least: its time there is
-            # the update itself (all-reduce + K-FAC inverses); the rest is lock-step waiting.
-            sync = np.array([r["sync_time"] for r in rows])
-            step = max(float(np.median(window)), 1e-9)
-            if np.isfinite(sync).all():
-                line += (
-                    f"  [{len(rows)} geometries/step, update {sync.min() / step:.0%},"
-                    f" wait {(sync.max() - sync.min()) / step:.0%}]"
-                )
-        self.log(line)
-
-
-def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFlag, ctx: ParallelContext):
-    """Unclipped E_L over `evaluation.steps` MCMC steps of every walker per geometry with fixed
-    parameters. Each walker is an independent Markov chain, so the error bar is the spread of
-    the per-walker means (`multi_chain_statistics`: right at any number of steps, also below
-    the autocorrelation time), with tau, split-R-hat and a blocking cross-check. Each rank
-    evaluates its shard (no collectives) starting from the trainer's walkers; rank 0 gets
-    {index: {key: value for every key of energy_log.EVALUATION_FIELDS}} of all geometries,
-    the other ranks None."""
-    states = trainer.state.geometries
-    sweep = make_mcmc_sweep(
-        jax.vmap(trainer.log_abs_psi, (None, 0, None)),
-        cfg.mcmc.steps_per_update,
-        cfg.mcmc.target_acceptance,
-        cfg.mcmc.max_age,
+    ckpt_dir: Path,
+    log: Callable,
+    faults: FaultInjection,
+) -> Path:
+    """Gathers every rank's geometry states and scheduler entries; rank 0 writes the whole
+    train state to `checkpoint_path(ckpt_dir, state.step)` and applies the retention. Raises
+    StorageError on every rank when the file cannot be written. Collective."""
+    mine = (
+        {i: jax.device_get(g) for i, g in state.geometries.items()},
+        {i: {k: v[j] for k, v in state.scheduler.items()} for j, i in enumerate(state.geometries)},
     )
-    energies_fn = jax.vmap(trainer.local_energy, (None, 0, None))
+    params = jax.device_get(state.params)
+    parts = ctx.gather((*mine, params_digest(params)))
+    path = checkpoint_path(ckpt_dir, state.step)
+    failure = None
+    if ctx.is_root:
+        digests = [part[2] for part in parts]
+        if len(set(digests)) > 1:  # must never happen: the update is the same on all ranks
+            raise RuntimeError(f"parameters differ between ranks at step {state.step}: {digests}")
+        geometries, per_geometry = {}, {}
+        for part_states, part_sched, _ in parts:
+            geometries.update(part_states)
+            per_geometry.update(part_sched)
+        order = range(len(cfg.geometries))
+        whole = state.replace(
+            params=params,
+            opt_state=jax.device_get(state.opt_state),
+            geometries={i: geometries[i] for i in order},
+            scheduler={
+                k: np.array([per_geometry[i][k] for i in order], dtype=np.asarray(v).dtype)
+                for k, v in state.scheduler.items()
+            },
+        )
+        try:
+            write_train_state(
+                path,
+                whole,
+                config_toml=tomli_w.dumps(config_to_dict(cfg)),
+                geometries=[m.to_dict() for m in cfg.geometries],
+                metadata={**params_metadata(cfg), "n_ranks": ctx.size, "params_sha256": digests[0]},
+                on_written=faults.checkpoint_hook(state.step),
+            )
+        except OSError as err:  # disk full, quota: nothing was written, older files stand
+            previous = latest_valid_checkpoint(ckpt_dir, log)
+            failure = (
+                f"{path}: cannot write checkpoint ({err.strerror or err}); stopped at step {state.step}, "
+                f"the newest valid checkpoint is {previous or 'none'}: free space, then rerun to resume"
+            )
+        else:
+            apply_retention(ckpt_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
+    # Every rank waits for rank 0's file (or its failure) before going on or exiting.
+    failure = ctx.bcast(failure)
+    if failure is not None:
+        raise StorageError(failure)
+    return path
 
-    @jax.jit
-    def eval_step(params, geometry, walkers, key):
-        walkers, pmove = sweep(params, geometry, walkers, key)
-        return walkers, energies_fn(params, walkers.electrons, geometry)
 
-    results, lines = {}, {}
-    log(f"evaluation: {cfg.evaluation.steps} steps per geometry")
-    for s in systems:
-        trainer.burn(params, s, cfg.evaluation.burn_in_steps, STAGE_EVAL)
-        w = states[s.index].walkers
-        local_energies = np.empty((cfg.evaluation.steps, w.electrons.shape[0]))  # [steps, walkers]
-        for t in range(cfg.evaluation.steps):
-            w, e = eval_step(params, s.data, w, geometry_key(root, STAGE_EVAL, t, s.index))
-            local_energies[t] = np.asarray(e)
-            stop.check("during evaluation (training is checkpointed: a rerun re-evaluates)")
-        states[s.index] = states[s.index].replace(walkers=w)
-        b = multi_chain_statistics(local_energies)
-        results[s.index] = {
-            "energy": b.mean,
-            "error": b.error,
-            "variance": b.variance,
-            "autocorrelation_time": b.autocorrelation_time,
-            "n_samples": b.n_samples,
-            "autocorrelation_time_lower_bound": b.autocorrelation_time_lower_bound,
-            "r_hat": b.r_hat,
-            "n_chains": b.n_chains,
-            "error_blocking": b.error_blocking,
-        }
-        lines[s.index] = _evaluation_line(s, b)
-    parts = ctx.gather((results, lines))
+def load_train_state(path: Path, vmc: VMCStage, params_template, n_geometries: int) -> TrainState:
+    """This rank's part of the train state in `path` (written by any number of ranks), placed
+    on its devices; a checkpoint without optimizer state gets a fresh one."""
+    template = vmc.state_template(params_template)
+    if not checkpoint_has_optimizer_state(path):
+        template = template.replace(opt_state=None)
+    state, _ = read_train_state(path, template, n_geometries)
+    if state.opt_state is None:
+        state = state.replace(opt_state=vmc.init_optimizer(vmc.ctx.local_replicated(state.params)))
+    return vmc.place(state)
+
+
+def evaluate(runner: Runner, stage: EvaluationStage, state: TrainState, ctx: ParallelContext, log: Callable):
+    """Runs the evaluation stage from the training's walkers; rank 0 gets {index: {column of
+    log_schema.EVALUATION: value}} of all geometries (and logs one `eval` line each), the
+    other ranks None."""
+    log(f"evaluation: {stage.n_steps} steps per geometry")
+    final = runner.run(stage, stage.initial_state(state.params, state.geometries))
+    parts = ctx.gather(stage.results(final))
     if not ctx.is_root:
         return None
     merged, all_lines = {}, {}
@@ -1083,22 +612,3 @@ def evaluate(cfg, params, systems, trainer: VMCTrainer, root, log, stop: StopFla
     for i in sorted(all_lines):
         log(all_lines[i])
     return merged
-
-
-R_HAT_WARNING = 1.1  # split-R-hat above this: walkers not equilibrated (Gelman et al., BDA3 11.4)
-
-
-def _evaluation_line(s: System, b: MonteCarloEstimate) -> str:
-    """`eval NAME E = ... +- ... Ha  tau ...  R-hat ...  [ref ... diff ... mHa]`; tau is shown
-    as '>x' when the evaluation was too short to resolve it."""
-    tau = (
-        f"{b.autocorrelation_time:.1f}"
-        if b.tau_resolved
-        else f">{b.autocorrelation_time_lower_bound:.1f} (unresolved)"
-    )
-    line = f"eval {s.name:<16} E = {b.mean:.6f} +- {b.error:.6f} Ha  tau {tau}  R-hat {b.r_hat:.3f}"
-    if s.reference is not None:
-        line += f"  ref {s.reference:.5f}  diff {1000 * (b.mean - s.reference):+.2f} mHa"
-    if b.r_hat > R_HAT_WARNING:
-        line += "  (R-hat > 1.1: more evaluation.burn_in_steps / steps advised)"
-    return line

@@ -7,7 +7,7 @@ hpcwf.training.optimizer.RepeatedDenseBlock).
 
 Each case runs a few VMC steps through the library in-process: MCMC + local energies
 (`make_sample_and_measure`), this rank's statistics and the global update, exactly as
-`VMCTrainer.optimize` calls them, with a fresh optimizer state per molecule (a state that has
+`hpcwf.training.stages.VMCStage.step` calls them, with a fresh optimizer state per molecule (a state that has
 seen other molecules can hide the problem). Model size, orbitals and optimizer are spread over
 the cases rather than multiplied; compiled programs are shared per model configuration. One
 `mpiexec -n 2` job puts the H atom and He on different ranks.
@@ -45,7 +45,7 @@ from hpcwf.training.vmc import (
     make_sample_and_measure,
     new_geometry_state,
 )
-from hpcwf.workflow import place_walkers
+from hpcwf.training.stages import place_walkers
 
 N_WALKERS, N_STEPS, N_DET = 8, 3, 2
 MPIEXEC = Path(sys.executable).with_name("mpiexec")

@@ -77,13 +77,18 @@ def make_sample_and_measure(
     mcmc_steps: int,
     target_acceptance: float,
     max_age: int,
-    clip_width: float,
+    clip_width: float | None,
 ) -> Callable:
-    """Returns jitted f(params, geometry, state, key) -> (state, batch, stats).
+    """Returns jitted f(params, geometry, state, key) -> (state, batch, stats): an MCMC sweep
+    of the walkers of `state` (GeometryState), then their local energies.
 
-    MCMC sweep, local energies, clipping with the previous visit's statistics (the current
-    ones on the first visit), and the statistics for the next visit.
-    stats: energy (mean E_L), variance, clipped_energy, pmove, step_size, n_nonfinite.
+    With `clip_width` (VMC optimization): E_L clipped with the previous visit's statistics (the
+    current ones on the first visit), `batch` the VMCBatch of the energy gradient, and the new
+    state holds the clipping statistics for the next visit. With clip_width None (evaluation):
+    no clipping, `batch` is the unclipped E_L of every walker [n_walkers] (Ha), and the state's
+    clipping statistics stay as they were.
+    stats: energy (mean E_L, Ha), variance (Ha^2), clipped_energy (Ha; only with clipping),
+    pmove, step_size (bohr), n_nonfinite (walkers with a non-finite E_L).
     """
     batched = jax.vmap(log_abs_psi, (None, 0, None))
     sweep = make_mcmc_sweep(batched, mcmc_steps, target_acceptance, max_age)
@@ -94,6 +99,15 @@ def make_sample_and_measure(
         walkers, pmove = sweep(params, geometry, state.walkers, key)
         energies = energies_fn(params, walkers.electrons, geometry)
         finite = jnp.isfinite(energies)
+        stats = {
+            "energy": jnp.mean(energies),
+            "variance": jnp.var(energies),
+            "pmove": pmove,
+            "step_size": walkers.step_size,
+            "n_nonfinite": jnp.sum(~finite),
+        }
+        if clip_width is None:
+            return state.replace(walkers=walkers), energies, stats
         safe = jnp.where(finite, energies, jnp.nanmedian(jnp.where(finite, energies, jnp.nan)))
         median = jnp.median(safe)
         width = clip_width * jnp.mean(jnp.abs(safe - median))
@@ -102,14 +116,7 @@ def make_sample_and_measure(
         half_width = jnp.where(first_visit, width, state.clip_width)
         clipped = clip_energies(safe, center, half_width)
         batch = VMCBatch(walkers.electrons, clipped - jnp.mean(clipped), geometry)
-        stats = {
-            "energy": jnp.mean(energies),
-            "variance": jnp.var(energies),
-            "clipped_energy": jnp.mean(clipped),
-            "pmove": pmove,
-            "step_size": walkers.step_size,
-            "n_nonfinite": jnp.sum(~finite),
-        }
+        stats["clipped_energy"] = jnp.mean(clipped)
         new_state = GeometryState(walkers=walkers, clip_center=median, clip_width=width)
         return new_state, batch, stats
 

@@ -1,0 +1,65 @@
+"""Faults that tests inject (TEST ONLY), read once from the environment at the edge.
+
+Production leaves the HPCWF_TEST_* variables unset; then nothing here does anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from hpcwf.parallel import ParallelContext
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultInjection:
+    """Faults that tests inject, read once from the environment here at the edge (TEST ONLY;
+    leave these variables unset in production):
+
+    HPCWF_TEST_POISON_STEPS   comma-separated steps or inclusive ranges ("3,4", "0-99") whose
+                              update comes out non-finite: the last parameter leaf is set to NaN
+                              on the highest rank after the global update. A "pretrain:" prefix
+                              ("pretrain:2") means an HF pre-training step.
+    HPCWF_TEST_CHECKPOINT_SIGNAL  "SIGTERM@6": rank 0 sends itself that signal while writing the
+                              checkpoint of step 6, after its bytes and before the rename (as a
+                              scancel or a kill would hit a write in progress).
+    """
+
+    poison: tuple[tuple[str, int, int], ...] = ()  # (stage, first step, last step)
+    checkpoint_signal: tuple[int, int] | None = None  # (signal number, step)
+
+    @classmethod
+    def from_environment(cls) -> FaultInjection:
+        poison = []
+        for item in filter(None, os.environ.get("HPCWF_TEST_POISON_STEPS", "").replace(" ", "").split(",")):
+            stage, _, steps = item.rpartition(":")
+            first, _, last = steps.partition("-")
+            poison.append((stage or "vmc", int(first), int(last or first)))
+        sig = None
+        if spec := os.environ.get("HPCWF_TEST_CHECKPOINT_SIGNAL", ""):
+            name, _, step = spec.partition("@")
+            sig = (int(signal.Signals[name]), int(step))
+        return cls(tuple(poison), sig)
+
+    def poisons(self, stage: str, step: int, ctx: ParallelContext) -> bool:
+        return ctx.rank == ctx.size - 1 and any(
+            s == stage and first <= step <= last for s, first, last in self.poison
+        )
+
+    def checkpoint_hook(self, step: int) -> Callable[[Path], None] | None:
+        if self.checkpoint_signal is None or self.checkpoint_signal[1] != step:
+            return None
+        return lambda tmp: os.kill(os.getpid(), self.checkpoint_signal[0])
+
+
+def poisoned(params):
+    """`params` with its last leaf set to NaN (FaultInjection)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    leaves[-1] = leaves[-1] * jnp.nan
+    return jax.tree_util.tree_unflatten(treedef, leaves)
