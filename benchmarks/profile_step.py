@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the time of one VMC optimization step goes, part by part (a benchmark, not a test).
 
-One step of `hpcwf.workflow.VMCTrainer.optimize` (one rank, one geometry) is assembled from
+One step of `hpcwf.training.stages.VMCStage.step` (one rank, one geometry) is assembled from
 hpcwf's own building blocks, and each jitted part is timed on its own after a warm-up call
 (compilation excluded), with `jax.block_until_ready`, as the median of `--repeats` calls:
 
@@ -156,7 +156,7 @@ def profile_system(name: str, atoms: list, args, n_walkers: int, geometry_share:
     state = new_geometry_state(walkers)
     key = jax.random.PRNGKey(1)
 
-    # The trainer's pieces (hpcwf.workflow.VMCTrainer.__init__), one rank.
+    # The VMC stage's pieces (hpcwf.training.stages.VMCStage.__init__), one rank.
     ctx = init_parallel()
     optimizer = make_optimizer("kfac", make_energy_loss(log_abs_psi), schedule(), n_walkers)
     update = ctx.make_global_update(optimizer.apply)

@@ -38,6 +38,7 @@ from hpcwf.systems.hartree_fock import run_hartree_fock
 from hpcwf.systems.molecule import Molecule
 from hpcwf.training.kfac_adapter import kfac_jax
 from hpcwf.training.optimizer import KFACOptimizer, ScheduleSettings, make_optimizer
+from hpcwf.training.stages import place_walkers
 from hpcwf.training.vmc import (
     GeometryState,
     VMCBatch,
@@ -45,7 +46,6 @@ from hpcwf.training.vmc import (
     make_sample_and_measure,
     new_geometry_state,
 )
-from hpcwf.training.stages import place_walkers
 
 N_WALKERS, N_STEPS, N_DET = 8, 3, 2
 MPIEXEC = Path(sys.executable).with_name("mpiexec")

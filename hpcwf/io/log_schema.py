@@ -155,3 +155,17 @@ def check_row(table: str, row: dict) -> None:
         if missing:
             parts.append(f"missing field(s) {', '.join(missing)}")
         raise LogFieldError(f"energies.h5 /{table} row: {'; '.join(parts)}")
+
+
+def markdown() -> str:
+    """The columns of every table as Markdown (docs/analysis.md shows this)."""
+    lines = []
+    for table, columns in TABLES.items():
+        lines += [f"`/{table}`:", "", "| column | dtype | unit | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{c.name}` | {np.dtype(c.dtype).name} | {c.unit} | {c.meaning} |" for c in columns]
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown())

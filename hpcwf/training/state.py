@@ -4,7 +4,7 @@
 `GeometryState` (walkers, step size, ages, clipping statistics) and the geometry scheduler's
 statistics. The checkpoint writes and reads it as a whole (`write_train_state`,
 `read_train_state`); the template a checkpoint is read into is `jax.eval_shape` of the same
-function that builds a fresh state (`hpcwf.workflow.VMCTrainer.initial_state`), so no field
+function that builds a fresh state (`hpcwf.training.stages.VMCStage.initial_state`), so no field
 list is written out anywhere else: a new field of `WalkerState` or `GeometryState` reaches the
 checkpoint by itself.
 
