@@ -1,0 +1,99 @@
+"""The stage runner (hpcwf.runner) with minimal stages that compile no jax program: the stop
+agreement across ranks (every stage, evaluation included, stops on every rank at the same
+step when one rank gets a signal), the rollback count, and rows checked against the log
+schema. Cost: about 1 s in-process plus one `mpiexec -n 2` launch (~10 s, mostly imports)."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from hpcwf.errors import RunDivergedError
+from hpcwf.io.energy_log import EnergyLog
+from hpcwf.io.log_schema import LogFieldError
+from hpcwf.parallel import init_parallel
+from hpcwf.runner import MAX_CONSECUTIVE_REJECTED, Runner
+from hpcwf.signals import StopFlag
+from hpcwf.systems.molecule import Molecule
+
+HERE = Path(__file__).resolve().parent
+MPIEXEC = Path(sys.executable).with_name("mpiexec")
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec next to {sys.executable}")
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step():
+    """Rank 1 alone gets SIGTERM during step 2: both ranks leave the loop after step 3 with
+    the stage's message (rank 0 names the other rank), instead of rank 0 running on alone (as
+    evaluation did with its rank-local check) and waiting forever in its next collective."""
+    proc = subprocess.run(
+        [str(MPIEXEC), "-n", "2", sys.executable, str(HERE / "runner_check.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert lines == [
+        "rank 0: stopped by a signal on another rank at step 3",
+        "rank 1: stopped by SIGTERM at step 3",
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Count:
+    step: int = 0
+
+
+class RejectingStage:
+    """Pre-training-shaped rows; every update rejected."""
+
+    tag, n_steps, table = 1, 100, "pretrain"
+
+    def __init__(self, extra: dict | None = None):
+        self.extra = extra or {}
+
+    def step(self, state: Count, key):
+        metrics = {"geometry": 0, "loss": 0.5, "rolled_back": 1, **self.extra}
+        return dataclasses.replace(state, step=state.step + 1), metrics
+
+    def progress_line(self, state, rows, window, elapsed):
+        return None
+
+    def rejection_line(self, step, rows, in_a_row):
+        return f"step {step} rejected ({in_a_row} in a row)"
+
+    def diverged_message(self, step, in_a_row, checkpoint):
+        return f"{in_a_row} rejections up to step {step}"
+
+
+def _runner(tmp_path, lines: list[str]) -> tuple[Runner, EnergyLog]:
+    h2 = Molecule.create("H2", [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]])
+    energy_log = EnergyLog(tmp_path / "energies.h5", [h2])
+    return Runner(
+        init_parallel(), jax.random.PRNGKey(0), lines.append, StopFlag(), energy_log, 1000
+    ), energy_log
+
+
+def test_rejections_in_a_row_stop_the_stage_with_every_row_logged(tmp_path):
+    lines: list[str] = []
+    runner, energy_log = _runner(tmp_path, lines)
+    with pytest.raises(RunDivergedError, match=f"{MAX_CONSECUTIVE_REJECTED} rejections up to step 19"):
+        runner.run(RejectingStage(), Count())
+    assert lines[-1] == f"step 19 rejected ({MAX_CONSECUTIVE_REJECTED} in a row)"
+    from hpcwf.analysis.run_data import read_run
+
+    pretrain = read_run(tmp_path).pretrain
+    np.testing.assert_array_equal(pretrain["step"], np.arange(MAX_CONSECUTIVE_REJECTED))
+    assert (pretrain["rolled_back"] == 1).all()
+
+
+def test_a_metric_the_schema_does_not_declare_stops_the_first_step(tmp_path):
+    runner, _ = _runner(tmp_path, [])
+    with pytest.raises(LogFieldError, match="unknown field.*grad_variance"):
+        runner.run(RejectingStage({"grad_variance": 1.0}), Count())
