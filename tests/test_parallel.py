@@ -19,7 +19,7 @@ import pytest
 
 from hpcwf.errors import LaunchError
 from hpcwf.io.checkpoint import load_params
-from hpcwf.parallel.context import local_gpu_ids, parse_cuda_visible_devices
+from hpcwf.parallel.context import cpu_devices_per_rank, local_gpu_ids, parse_cuda_visible_devices
 from hpcwf.parallel.sharding import geometry_cost, shard_geometries
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
@@ -149,6 +149,36 @@ def test_each_rank_gets_its_own_gpus():
 
 
 # ---- sharding ----------------------------------------------------------------------------------
+
+
+def test_cpu_devices_per_rank_splits_each_mask_over_the_ranks_sharing_it():
+    two_cores, four = frozenset({0, 1}), frozenset({0, 1, 2, 3})
+    assert cpu_devices_per_rank(None, [two_cores], 0) == 1  # unset: XLA's threads only
+    assert cpu_devices_per_rank("auto", [two_cores], 0) == 2
+    assert cpu_devices_per_rank("auto", [two_cores, two_cores], 1) == 1  # unbound mpiexec ranks
+    assert cpu_devices_per_rank("auto", [frozenset({0, 1}), frozenset({2, 3})], 1) == 2  # bound
+    assert cpu_devices_per_rank("auto", [four, four, four], 2) == 1
+    assert cpu_devices_per_rank(" 3 ", [two_cores], 0) == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(LaunchError, match="HPCWF_CPU_DEVICES"):
+            cpu_devices_per_rank(bad, [two_cores], 0)
+
+
+def test_one_process_splits_walkers_over_cpu_devices(tmp_path):
+    """HPCWF_CPU_DEVICES=2: one process, walkers split over 2 CPU devices (steps finite); a bad
+    value is one error line, exit 2, nothing written (~40 s)."""
+    job = _job(tmp_path / "job.toml", tmp_path / "run", steps=2)
+    proc = _run(1, job, env=dict(os.environ, HPCWF_CPU_DEVICES="2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 rank x 2 devices" in proc.stdout, proc.stdout
+    assert np.all(np.isfinite(_train(tmp_path / "run")["energy"]))
+    bad = _job(tmp_path / "bad.toml", tmp_path / "bad_run", steps=2)
+    proc = _run(1, bad, env=dict(os.environ, HPCWF_CPU_DEVICES="many"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: HPCWF_CPU_DEVICES='many': use 'auto' or a whole number >= 1"
+    ]
+    assert not (tmp_path / "bad_run").exists()
 
 
 def test_shards_are_deterministic_balanced_and_cover_the_dataset():

@@ -96,6 +96,37 @@ def local_gpu_ids(visible_by_local_rank: list[tuple[str, ...]], local_rank: int)
     return list(range(local_rank * per_rank, (local_rank + 1) * per_rank))
 
 
+CPU_DEVICES_VARIABLE = "HPCWF_CPU_DEVICES"
+
+
+def cpu_devices_per_rank(
+    value: str | None, cores_by_local_rank: list[frozenset[int]], local_rank: int
+) -> int:
+    """How many JAX CPU devices one rank runs on (its walkers are split over them).
+
+    `value` is HPCWF_CPU_DEVICES: unset or "1" -> 1 (XLA's own threads only); "auto" -> the
+    rank's share of the cores it may run on (its CPU affinity mask; ranks of one node that
+    share a mask, as unbound `mpiexec` ranks do, split it evenly); N -> N. One device per
+    core runs the walker-parallel parts (sampling, local energies, gradients) on every core
+    at once, where XLA's intra-op threads leave cores idle for these small matrices.
+    `cores_by_local_rank`: the affinity mask of every rank on this node.
+
+    Raises LaunchError for anything else.
+    """
+    from hpcwf.errors import LaunchError
+
+    if value is None or value.strip() == "":
+        return 1
+    value = value.strip().lower()
+    if value == "auto":
+        mine = cores_by_local_rank[local_rank]
+        sharing = sum(1 for mask in cores_by_local_rank if mask == mine)
+        return max(1, len(mine) // sharing)
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise LaunchError(f"{CPU_DEVICES_VARIABLE}={value!r}: use 'auto' or a whole number >= 1")
+
+
 def _gpu_backend_installed() -> bool:
     import importlib.util
 
@@ -313,6 +344,7 @@ def init_parallel() -> ParallelContext:
         return _CONTEXT
     comm, rank, size, local_rank, local_size = None, 0, 1, 0, 1
     gpu_ids: list[int] | None = None  # this rank's GPUs among those it sees; None: CPU or one rank
+    cores_by_local_rank = [frozenset(os.sched_getaffinity(0))]
     if _launched_by_mpi():
         from mpi4py import MPI
 
@@ -331,6 +363,7 @@ def init_parallel() -> ParallelContext:
             node = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
             local_rank, local_size = node.Get_rank(), node.Get_size()
             visible_by_local_rank = node.allgather(visible_gpus())
+            cores_by_local_rank = node.allgather(frozenset(os.sched_getaffinity(0)))
             node.Free()
             # Decided on every rank, failed on every rank (no rank waits alone in a collective).
             from hpcwf.errors import LaunchError
@@ -346,6 +379,11 @@ def init_parallel() -> ParallelContext:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if not _gpu_backend_installed():
+        # Every rank evaluates the variable (a bad value fails on every rank alike).
+        n_cpu = cpu_devices_per_rank(os.environ.get(CPU_DEVICES_VARIABLE), cores_by_local_rank, local_rank)
+        if n_cpu > 1:
+            jax.config.update("jax_num_cpu_devices", n_cpu)
     if size > 1:
         address = None
         if rank == 0:
