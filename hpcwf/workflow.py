@@ -412,6 +412,8 @@ def run_job(
         log(f"parallel: {ctx.size} ranks x {ctx.n_local_devices} devices; geometries per rank:")
         for rank, shard in enumerate(shards):
             log(f"  rank {rank:>3}: {', '.join(cfg.geometries[i].name for i in shard)}")
+    elif ctx.n_local_devices > 1:
+        log(f"parallel: 1 rank x {ctx.n_local_devices} devices")
     systems = prepare_systems(cfg, my_indices, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log, ctx)
     log(
         f"model: size {cfg.model.size}, {cfg.model.orbitals} orbitals, "
