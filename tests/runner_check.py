@@ -1,13 +1,16 @@
 """A minimal stage (no jax programs) through the real stage runner, as one process or as
 `mpiexec -n 2 python tests/runner_check.py`: rank 1 (or the only rank) receives a real SIGTERM
-during step 2 of a 10-step stage. Every rank prints `rank R: <message>` of the error that
-ended its loop, or `rank R: finished at step N`; tests/test_runner.py reads them."""
+during step 2 of a 10-step stage. Every rank writes `<message>` of the error that ended its
+loop, or `finished at step N`, to OUT_DIR/rank<R>.txt (one file per rank: the ranks' stdout
+streams interleave under mpiexec); tests/test_runner.py reads them."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import signal
+import sys
+from pathlib import Path
 
 import jax
 
@@ -40,15 +43,16 @@ class SignalledStage:
         return f"stopped by {sig} at step {state.step}"
 
 
-def main() -> None:
+def main(out_dir: Path) -> None:
     ctx = init_parallel()
     runner = Runner(ctx, jax.random.PRNGKey(0), lambda line: None, StopFlag().install(), None, 100)
     try:
         final = runner.run(SignalledStage(ctx.rank, ctx.size), Count())
-        print(f"rank {ctx.rank}: finished at step {final.step}", flush=True)
+        outcome = f"finished at step {final.step}"
     except RunInterruptedError as err:
-        print(f"rank {ctx.rank}: {err}", flush=True)
+        outcome = str(err)
+    (out_dir / f"rank{ctx.rank}.txt").write_text(outcome)
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]))
