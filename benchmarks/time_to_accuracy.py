@@ -27,6 +27,7 @@ energies (noise of one step's 256-walker mean is several mHa). Printed per run:
     python benchmarks/time_to_accuracy.py --code hpcwf --system lih1 [--budget-min 30]
     python benchmarks/time_to_accuracy.py --code deeperwin --system lih3 --peers /work/peers
     python benchmarks/time_to_accuracy.py --report-only [--out DIR]   # table of finished runs
+    python benchmarks/time_to_accuracy.py --code deeperwin --system lih1 --reparse  # summarize again
 
 Run the codes one after the other on a quiet machine (never concurrently), OPENBLAS_NUM_THREADS=1
 for both. DeepErwin needs `--peers DIR` holding `dw-venv` and `deeperwin-src`, installed as in
@@ -101,11 +102,18 @@ def run_hpcwf(system: str, budget_s: float, run_dir: Path, schedule: str | None)
     reader.join()
     if not first_step:
         sys.exit(f"hpcwf printed no optimization step within the budget; see {run_dir / 'stdout.txt'}")
+    t_line, step_line = first_step[0]
+    (run_dir / "timing.json").write_text(json.dumps({"first_step_s": t_line, "first_step": step_line}))
+    return read_hpcwf(system, run_dir)
+
+
+def read_hpcwf(system: str, run_dir: Path) -> dict:
+    """Per-geometry (wall s since launch, energy) series of a finished hpcwf run."""
+    timing = json.loads((run_dir / "timing.json").read_text())
     with h5py.File(run_dir / "run" / "energies.h5", "r", locking=False) as f:
         train = {k: f["train"][k][:] for k in ("step", "geometry", "energy", "time")}
-    t_line, step_line = first_step[0]
-    rows_of_step = np.flatnonzero(train["step"] == step_line)
-    offset = t_line - float(train["time"][rows_of_step[-1]])
+    rows_of_step = np.flatnonzero(train["step"] == timing["first_step"])
+    offset = timing["first_step_s"] - float(train["time"][rows_of_step[-1]])
     series = {}
     for g, r in enumerate(SYSTEMS[system]):
         rows = train["geometry"] == g
@@ -131,15 +139,20 @@ def run_deeperwin(system: str, budget_s: float, run_dir: Path, peers: Path, shar
     subprocess.run([*make_config, str(run_dir / "config.yml"), *overrides], check=True, env=env, cwd=run_dir)
     command = ["deeperwin", "run" if system == "lih1" else "run-multiple-shared", "config.yml"]
     t0 = time.perf_counter()
-    t0_wall = time.time()
+    (run_dir / "timing.json").write_text(json.dumps({"launch_unix_s": time.time()}))
     with open(run_dir / "stdout.txt", "w") as out:
         proc = subprocess.Popen(command, env=env, cwd=run_dir, stdout=out, stderr=subprocess.STDOUT)
         _stop_at_budget(proc, t0, budget_s)
+    return read_deeperwin(system, run_dir, shared)
+
+
+def read_deeperwin(system: str, run_dir: Path, shared: Path) -> dict:
+    """Per-geometry (wall s since launch, energy) series of a finished DeepErwin run."""
+    t0_wall = json.loads((run_dir / "timing.json").read_text())["launch_unix_s"]
     sys.path.insert(0, str(shared / "peers"))
     from summarize_dw import read_log
 
-    log_file = run_dir / "log.out"
-    records, _ = read_log(str(log_file))
+    records, _ = read_log(str(run_dir / "log.out"))
     opt = [r for r in records if r["_phase"] == "opt" and "opt_E_mean" in r]
     series = {}
     for g, r in enumerate(SYSTEMS[system]):
@@ -227,21 +240,30 @@ def main() -> None:
     parser.add_argument("--shared", default=str(REPO.parent / "shared"))
     parser.add_argument("--out", default="runs/benchmark_time_to_accuracy")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--reparse", action="store_true", help="summarize the existing run dir again")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     if not args.report_only:
         if args.code is None:
             parser.error("--code is required")
         label = args.code + (f"-{args.schedule}" if args.schedule else "")
+        if args.code == "hpcwf" and os.environ.get("HPCWF_CPU_DEVICES"):
+            label += f"-dev{os.environ['HPCWF_CPU_DEVICES']}"
         run_dir = out / f"{label}_{args.system}"
-        if run_dir.exists():
-            sys.exit(f"{run_dir} exists: remove it or choose another --out")
-        run_dir.mkdir(parents=True)
         budget_s = 60 * args.budget_min
-        if args.code == "hpcwf":
-            series = run_hpcwf(args.system, budget_s, run_dir, args.schedule)
+        if args.reparse:
+            if args.code == "hpcwf":
+                series = read_hpcwf(args.system, run_dir)
+            else:
+                series = read_deeperwin(args.system, run_dir, Path(args.shared))
         else:
-            series = run_deeperwin(args.system, budget_s, run_dir, Path(args.peers), Path(args.shared))
+            if run_dir.exists():
+                sys.exit(f"{run_dir} exists: remove it, choose another --out, or --reparse it")
+            run_dir.mkdir(parents=True)
+            if args.code == "hpcwf":
+                series = run_hpcwf(args.system, budget_s, run_dir, args.schedule)
+            else:
+                series = run_deeperwin(args.system, budget_s, run_dir, Path(args.peers), Path(args.shared))
         row = {"code": label, "system": args.system, "budget_min": args.budget_min, "window": args.window}
         row.update(summarize(series, args.window, budget_s))
         (run_dir / "result.json").write_text(json.dumps(row, indent=1))
