@@ -1,7 +1,8 @@
 """The energy log's one schema (hpcwf.io.log_schema): rows go to energies.h5 by name, and a
 field that the schema does not declare, or a declared one a row lacks, is an error at once;
 columns added after a file was written read as NaN for its old rows, in the writer and in the
-login-node reader. numpy + h5py only, well under a second."""
+login-node reader; a walker statistic declared in the schema alone is computed by the VMC
+step. A few seconds (one toy jax program)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,52 @@ def test_column_added_later_reads_nan_for_old_rows(tmp_path):
     assert set(run.train) == set(log_schema.names("train"))
     np.testing.assert_array_equal(run.train["update_norm"], [np.nan, np.nan, 0.25])
     np.testing.assert_array_equal(run.train["step"], [0, 1, 2])
+
+
+def test_every_declared_walker_statistic_can_be_computed():
+    from hpcwf.training.vmc import _REDUCERS
+
+    for table in log_schema.TABLES:
+        for column, (reduction, quantity) in log_schema.statistics(table).items():
+            assert reduction in log_schema.REDUCTIONS and reduction in _REDUCERS, column
+            assert quantity in log_schema.WALKER_QUANTITIES, column
+    assert set(log_schema.REDUCTIONS) == set(_REDUCERS)
+
+
+def test_a_walker_statistic_is_added_in_the_schema_alone(monkeypatch):
+    """The one-file change: a `max_energy` Column with `statistic = ("max", "local_energy")`
+    declared in hpcwf.io.log_schema (here by monkeypatch) is computed by the real VMC step
+    (make_sample_and_measure, optimization and evaluation mode) with no other edit. Toy
+    one-electron wavefunction, so it compiles in a few seconds."""
+    from typing import NamedTuple
+
+    import jax
+    import jax.numpy as jnp
+
+    from hpcwf.mcmc import init_walkers
+    from hpcwf.training.vmc import make_sample_and_measure, new_geometry_state
+
+    column = log_schema.Column(
+        "max_energy", np.float64, "Ha", "largest E_L of the walkers", statistic=("max", "local_energy")
+    )
+    monkeypatch.setitem(log_schema.TABLES, "train", (*log_schema.TRAIN, column))
+
+    class Atom(NamedTuple):  # the part of GeometryData the MCMC reads
+        nuclei: jax.Array  # [1, 3], bohr
+
+    def log_abs_psi(params, electrons, atom):  # hydrogen 1s: |psi| = exp(-r)
+        return -params * jnp.sum(jnp.linalg.norm(electrons - atom.nuclei, axis=-1))
+
+    def local_energy(params, electrons, atom):  # any per-walker function will do
+        return -1.0 / jnp.sum(jnp.linalg.norm(electrons - atom.nuclei, axis=-1))
+
+    params, nucleus = jnp.asarray(1.0), Atom(jnp.zeros((1, 3)))
+    electrons = jax.random.normal(jax.random.PRNGKey(0), (16, 1, 3))
+    walkers = init_walkers(jax.vmap(log_abs_psi, (None, 0, None)), params, nucleus, electrons, 0.3)
+    for clip_width in (5.0, None):
+        step = make_sample_and_measure(log_abs_psi, local_energy, 2, 0.5, 20, clip_width)
+        state, batch, stats = step(params, nucleus, new_geometry_state(walkers), jax.random.PRNGKey(1))
+        energies = jax.vmap(local_energy, (None, 0, None))(params, state.walkers.electrons, nucleus)
+        np.testing.assert_allclose(stats["max_energy"], jnp.max(energies), rtol=1e-6)
+        np.testing.assert_allclose(stats["energy"], jnp.mean(energies), rtol=1e-6)
+        assert ("clipped_energy" in stats) == (clip_width is not None)

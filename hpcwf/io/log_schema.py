@@ -2,11 +2,17 @@
 login-node reader (`hpcwf.analysis.run_data`) and the docs rely on. numpy only (no jax, no
 h5py), so it imports anywhere.
 
-Adding a column to a table = one `Column` here and the key in the metrics dict of the step
-that computes it (`hpcwf.training`): rows go to the log as they are, and `check_row` makes a
-key that is not listed here, or a listed key that a row lacks, an error at once (not a NaN
-column found weeks later). Files written before a column existed read that column as its
-`missing` value (NaN for floats), never as 0.
+Adding a column to a table:
+  * a walker statistic (a reduction such as mean, var or max over the walkers of a per-walker
+    quantity of WALKER_QUANTITIES, e.g. the local energy): one `Column` here with `statistic`,
+    nothing else; the VMC step computes every declared statistic
+    (`hpcwf.training.vmc.walker_statistics`);
+  * any other quantity: one `Column` here and the key in the metrics dict of the step that
+    computes it (`hpcwf.training`).
+Rows go to the log as they are, and `check_row` makes a key that is not listed here, or a
+listed key that a row lacks, an error at once (not a NaN column found weeks later). Files
+written before a column existed read that column as its `missing` value (NaN for floats),
+never as 0.
 
 Tables:
     train       one row per (optimization step, rank); under MPI rank 0 gathers them.
@@ -31,7 +37,9 @@ class Column:
     missing: the value of a row that has no entry (older files, an evaluation that skipped the
     geometry); source: "runner" (bookkeeping the stage runner adds: step, clocks, rollback),
     "step" (the physics step's metrics) or "update" (the optimizer's; NaN when no update was
-    computed for the step).
+    computed for the step); statistic: (reduction, quantity) for a walker statistic that the
+    step computes from this declaration alone: reduction one of REDUCTIONS over the walker
+    axis, quantity a key of WALKER_QUANTITIES.
     """
 
     name: str
@@ -41,14 +49,46 @@ class Column:
     since_start: bool = False
     missing: float | int = np.nan
     source: str = "step"
+    statistic: tuple[str, str] | None = None
+
+
+# Reductions over the walker axis that a `statistic` may name (jnp functions of the same name,
+# hpcwf.training.vmc): var and std are the population ones (ddof 0).
+REDUCTIONS = ("mean", "var", "std", "min", "max", "median")
+
+# Per-walker quantities of a VMC step, [n_walkers] each, that statistics reduce.
+WALKER_QUANTITIES = {
+    "local_energy": "E_L of each walker after the step's MCMC sweep (Ha)",
+    "clipped_local_energy": "E_L clipped to the previous visit's window (Ha; optimization only)",
+}
 
 
 TRAIN: tuple[Column, ...] = (
     Column("step", np.int64, "", "optimization step", True, -1, "runner"),
     Column("geometry", np.int32, "", "global index of the geometry trained", True, -1, "runner"),
-    Column("energy", np.float64, "Ha", "mean local energy E_L of the walkers", True),
-    Column("variance", np.float64, "Ha^2", "variance of E_L over the walkers", True),
-    Column("clipped_energy", np.float64, "Ha", "mean of the clipped E_L (what the gradient sees)"),
+    Column(
+        "energy",
+        np.float64,
+        "Ha",
+        "mean local energy E_L of the walkers",
+        True,
+        statistic=("mean", "local_energy"),
+    ),
+    Column(
+        "variance",
+        np.float64,
+        "Ha^2",
+        "variance of E_L over the walkers",
+        True,
+        statistic=("var", "local_energy"),
+    ),
+    Column(
+        "clipped_energy",
+        np.float64,
+        "Ha",
+        "mean of the clipped E_L (what the gradient sees)",
+        statistic=("mean", "clipped_local_energy"),
+    ),
     Column("pmove", np.float64, "", "MCMC acceptance rate of the step's sweep"),
     Column("step_size", np.float64, "bohr", "MCMC proposal width after the sweep"),
     Column("learning_rate", np.float64, "", "learning rate of the update", source="update"),
@@ -135,6 +175,11 @@ def dtypes(table: str) -> dict[str, type]:
 def names(table: str, source: str | None = None) -> tuple[str, ...]:
     """Column names of `table` (only those of `source` if given)."""
     return tuple(c.name for c in TABLES[table] if source is None or c.source == source)
+
+
+def statistics(table: str) -> dict[str, tuple[str, str]]:
+    """{column: (reduction, walker quantity)} of the walker-statistic columns of `table`."""
+    return {c.name: c.statistic for c in TABLES[table] if c.statistic is not None}
 
 
 def missing_values(table: str, source: str | None = None) -> dict[str, float | int]:

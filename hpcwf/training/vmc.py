@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import kfac_jax
 from flax import struct
 
+from hpcwf.io import log_schema
 from hpcwf.mcmc import WalkerState, make_mcmc_sweep
 from hpcwf.model.geometry import GeometryData
 
@@ -52,6 +53,29 @@ def clip_energies(energies: jnp.ndarray, center: jnp.ndarray, width: jnp.ndarray
     return jnp.clip(energies, center - width, center + width)
 
 
+_REDUCERS: dict[str, Callable] = {
+    "mean": jnp.mean,
+    "var": jnp.var,
+    "std": jnp.std,
+    "min": jnp.min,
+    "max": jnp.max,
+    "median": jnp.median,
+}
+
+
+def walker_statistics(table: str, per_walker: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+    """Every walker-statistic column of energy-log `table` (`hpcwf.io.log_schema`, `statistic`)
+    whose quantity is in `per_walker` ({quantity: [n_walkers]}): {column: scalar}.
+
+    So a new statistic of an existing per-walker quantity is declared in the schema alone.
+    Raises KeyError for a reduction that log_schema.REDUCTIONS does not list."""
+    return {
+        column: _REDUCERS[reduction](per_walker[quantity])
+        for column, (reduction, quantity) in log_schema.statistics(table).items()
+        if quantity in per_walker
+    }
+
+
 def make_energy_loss(log_abs_psi: Callable) -> Callable:
     """loss(params, batch) -> (surrogate, aux); grad = 2 <(E_clip - <E_clip>) d log|psi|>."""
 
@@ -87,7 +111,8 @@ def make_sample_and_measure(
     state holds the clipping statistics for the next visit. With clip_width None (evaluation):
     no clipping, `batch` is the unclipped E_L of every walker [n_walkers] (Ha), and the state's
     clipping statistics stay as they were.
-    stats: energy (mean E_L, Ha), variance (Ha^2), clipped_energy (Ha; only with clipping),
+    stats: the walker statistics of the `train` table of hpcwf.io.log_schema (energy: mean E_L,
+    Ha; variance, Ha^2; clipped_energy, Ha, only with clipping; any other declared there),
     pmove, step_size (bohr), n_nonfinite (walkers with a non-finite E_L).
     """
     batched = jax.vmap(log_abs_psi, (None, 0, None))
@@ -100,8 +125,7 @@ def make_sample_and_measure(
         energies = energies_fn(params, walkers.electrons, geometry)
         finite = jnp.isfinite(energies)
         stats = {
-            "energy": jnp.mean(energies),
-            "variance": jnp.var(energies),
+            **walker_statistics("train", {"local_energy": energies}),
             "pmove": pmove,
             "step_size": walkers.step_size,
             "n_nonfinite": jnp.sum(~finite),
@@ -116,7 +140,7 @@ def make_sample_and_measure(
         half_width = jnp.where(first_visit, width, state.clip_width)
         clipped = clip_energies(safe, center, half_width)
         batch = VMCBatch(walkers.electrons, clipped - jnp.mean(clipped), geometry)
-        stats["clipped_energy"] = jnp.mean(clipped)
+        stats.update(walker_statistics("train", {"clipped_local_energy": clipped}))
         new_state = GeometryState(walkers=walkers, clip_center=median, clip_width=width)
         return new_state, batch, stats
 
