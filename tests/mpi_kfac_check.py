@@ -7,6 +7,10 @@
         one process, two devices: kfac_jax.Optimizer(multi_device=True).step under pmap with
         the same halves on the two devices
 
+Both run in float64 (jax_enable_x64): the comparison is then about the algorithm, not about how
+a given jax version rounds float32 K-FAC statistics (the float32 versions differed by 2e-3 of
+the update after 3 steps on jax 0.10.2, 1e-3 on 0.9.0).
+
 Both write the initial and final parameters (after N_STEPS updates) to OUT.npz (rank 0);
 tests/test_parallel.py compares them. They must agree: it is the same algorithm, reduced over
 ranks instead of local devices. After one step they agree bitwise; later the two programs
@@ -30,18 +34,20 @@ from hpcwf.training.optimizer import KFACOptimizer, ScheduleSettings
 from hpcwf.training.vmc import VMCBatch, make_energy_loss
 
 N_WALKERS, N_STEPS = 64, 3
+jax.config.update("jax_enable_x64", True)
 
 
 def problem():
     jax.config.update("jax_default_matmul_precision", "highest")
     mol = Molecule.create("LiH", [["Li", 0, 0, 0], ["H", 3.015, 0, 0]])
     hf = run_hartree_fock(mol, "STO-6G")
-    data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, jnp.float32)
+    data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, jnp.float64)
     model = build_wavefunction("S", "tao", 2)
     params = jax.device_get(init_params(model, jax.random.PRNGKey(0), data))
+    params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
     rng = np.random.default_rng(1)
-    electrons = np.asarray(rng.normal(size=(N_STEPS, N_WALKERS, mol.n_electrons, 3)) * 1.5, np.float32)
-    energies = rng.normal(size=(N_STEPS, N_WALKERS)).astype(np.float32)
+    electrons = rng.normal(size=(N_STEPS, N_WALKERS, mol.n_electrons, 3)) * 1.5
+    energies = rng.normal(size=(N_STEPS, N_WALKERS))
     centered = energies - energies.mean(axis=1, keepdims=True)
     loss = make_energy_loss(log_abs_psi_fn(model))
     schedule = ScheduleSettings(0.05, 1000.0, 0.0, 1e-3, 1e-3, 1000.0, 1e-3, "fisher_scaled", 0.95)
