@@ -97,3 +97,39 @@ def test_a_metric_the_schema_does_not_declare_stops_the_first_step(tmp_path):
     runner, _ = _runner(tmp_path, [])
     with pytest.raises(LogFieldError, match="unknown field.*grad_variance"):
         runner.run(RejectingStage({"grad_variance": 1.0}), Count())
+
+
+def test_evaluation_burn_in_and_evaluation_steps_never_share_a_key():
+    """The evaluation's burn-in chunk c and its step c once drew the same random key (both
+    under the STAGE_EVAL tag), so the sampling repeated the burn-in's proposals. The keys of
+    the real EvaluationStage (burn-in, then steps through the runner's key derivation) are
+    recorded with stand-in sampling functions (no jax program): all distinct."""
+    from types import SimpleNamespace
+
+    from hpcwf.mcmc import WalkerState
+    from hpcwf.runner import stage_key
+    from hpcwf.training.stages import BURN_IN_CHUNK, EvaluationStage
+    from hpcwf.training.vmc import new_geometry_state
+
+    used: list[tuple] = []
+
+    def burn_in(params, data, walkers, key):
+        used.append(("burn-in", tuple(np.asarray(jax.random.key_data(key)).ravel())))
+        return walkers
+
+    def sample_and_measure(params, data, geometry, key):
+        used.append(("step", tuple(np.asarray(jax.random.key_data(key)).ravel())))
+        return geometry, np.zeros(2), {}
+
+    n_steps = 6
+    stage = object.__new__(EvaluationStage)
+    stage.cfg = SimpleNamespace(evaluation=SimpleNamespace(burn_in_steps=n_steps * BURN_IN_CHUNK))
+    stage.systems = [SimpleNamespace(index=i, data=None) for i in (0, 1)]
+    stage.root, stage.n_steps = jax.random.PRNGKey(0), n_steps
+    stage.vmc, stage.sample_and_measure = SimpleNamespace(burn_in=burn_in), sample_and_measure
+    walkers = WalkerState(np.zeros((2, 1, 3)), np.zeros(2), np.zeros(2, np.int32), np.float64(0.1))
+    state = stage.initial_state(None, {i: new_geometry_state(walkers) for i in (0, 1)})
+    for t in range(n_steps):
+        state, _ = stage.step(state, stage_key(stage.root, stage.tag, t))
+    assert len(used) == 2 * 2 * n_steps
+    assert len({key for _, key in used}) == len(used)

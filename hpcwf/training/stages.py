@@ -53,8 +53,9 @@ from hpcwf.training.vmc import (
     new_geometry_state,
 )
 
-# Stage tags folded into the root key so stages never share random numbers.
-STAGE_INIT, STAGE_PRETRAIN, STAGE_BURN_IN, STAGE_VMC, STAGE_EVAL = range(5)
+# Stage tags folded into the root key so stages never share random numbers (the burn-ins have
+# their own: burn-in chunk c and step c of the same tag would get the same key).
+STAGE_INIT, STAGE_PRETRAIN, STAGE_BURN_IN, STAGE_VMC, STAGE_EVAL, STAGE_EVAL_BURN_IN = range(6)
 BURN_IN_CHUNK = 10  # MCMC steps between step-size adaptations during burn-in
 # The optimizer's log columns of a step without an update (NaN).
 _NO_UPDATE = log_schema.missing_values("train", "update")
@@ -455,7 +456,7 @@ class EvaluationStage:
                 s,
                 g.walkers,
                 self.cfg.evaluation.burn_in_steps,
-                STAGE_EVAL,
+                STAGE_EVAL_BURN_IN,
             )
             geometries[s.index] = g.replace(walkers=walkers)
         energies = {
