@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 
@@ -27,6 +27,7 @@ from hpcwf.io import log_schema
 from hpcwf.io.energy_log import EnergyLog
 from hpcwf.parallel import ParallelContext
 from hpcwf.signals import StopFlag
+from hpcwf.types import Stage
 
 # Rejected (non-finite) steps in a row before the run stops; each retry samples with a new key.
 MAX_CONSECUTIVE_REJECTED = 20
@@ -41,35 +42,6 @@ def stage_key(root: jax.Array, stage: int, step: int) -> jax.Array:
 def geometry_key(root: jax.Array, stage: int, step: int, index: int) -> jax.Array:
     """Key of geometry `index` at `step` of `stage`: independent of which rank holds it."""
     return jax.random.fold_in(stage_key(root, stage, step), index)
-
-
-class Stage(Protocol):
-    """What the runner needs of a stage. `state` is any object with an int `step` (steps
-    completed) and `replace`; `step` raises nothing on non-finite numbers: it rolls back and
-    reports `rolled_back` = 1 in its metrics."""
-
-    tag: int  # folded into the root key (stage_key)
-    n_steps: int  # the loop runs while state.step < n_steps
-    table: str | None  # energies.h5 table of the metrics rows (log_schema), None: no rows
-
-    def step(self, state: Any, key: jax.Array) -> tuple[Any, dict]:
-        """One step (collective); metrics: this rank's row of `table` without the columns
-        the runner adds (step, time, step_time)."""
-
-    def progress_line(
-        self, state: Any, rows: list[dict] | None, window: list[float], elapsed: float
-    ) -> str | None:
-        """Rank 0's progress line after the step that made `state`; rows: the step's rows of
-        all ranks; window: step times (s) since the last line; elapsed: s since the start."""
-
-    def rejection_line(self, step: int, rows: list[dict] | None, in_a_row: int) -> str:
-        """Rank 0's line for a rolled-back step."""
-
-    def diverged_message(self, step: int, in_a_row: int, checkpoint: Path | None) -> str:
-        """Why the run stops after MAX_CONSECUTIVE_REJECTED rejections in a row."""
-
-    def stopped_message(self, signal: str, state: Any, checkpoint: Path | None) -> str:
-        """Why the run stops on a signal (`signal`: e.g. "SIGTERM")."""
 
 
 class Runner:
@@ -126,11 +98,8 @@ class Runner:
             stopping, time_due = ctx.any([self.stop.requested is not None, time_due and ctx.is_root])
             rows = None
             if stage.table is not None:
-                row = {"step": t, **metrics}
-                if "time" in runner_columns:
-                    row["time"] = time.perf_counter() - t_start
-                if "step_time" in runner_columns:
-                    row["step_time"] = step_time
+                bookkeeping = {"step": t, "time": time.perf_counter() - t_start, "step_time": step_time}
+                row = {**{k: v for k, v in bookkeeping.items() if k in runner_columns}, **metrics}
                 rows = ctx.gather(row)
                 if energy_log is not None:
                     self._append(stage.table, rows)

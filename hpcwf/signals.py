@@ -1,15 +1,15 @@
 """Graceful stop on SIGTERM / SIGUSR1 (what SLURM sends before a time limit or on preemption).
 
-The first signal sets a flag; the training loop finishes its current step, writes a checkpoint
-and raises `RunInterruptedError` (exit code EXIT_INTERRUPTED). A second signal exits at once.
+The first signal sets a flag; the stage runner (hpcwf.runner) finishes the current step on
+every rank, writes a checkpoint (VMC optimization; pre-training and evaluation have none: a
+rerun repeats them) and raises `RunInterruptedError` (exit code EXIT_INTERRUPTED). A second
+signal exits at once.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-
-from hpcwf.errors import RunInterruptedError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -35,8 +35,3 @@ class StopFlag:
         if self.requested is None:
             return "a signal on another rank"
         return signal.Signals(self.requested).name
-
-    def check(self, where: str) -> None:
-        """Raises RunInterruptedError if a stop was requested (call where state is safe on disk)."""
-        if self.requested is not None:
-            raise RunInterruptedError(f"stopped by {signal.Signals(self.requested).name} {where}")

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import jax
 
     from hpcwf.mcmc import WalkerState
@@ -150,10 +152,33 @@ class GlobalUpdate(Protocol):
         ...
 
 
-class StageStep(Protocol):
-    """One step of a stage (HF pre-training, VMC optimization, evaluation): a pure function
-    that the stage runner calls once per step and whose metrics go to the energy log by name."""
+class Stage(Protocol):
+    """A stage (HF pre-training, VMC optimization, evaluation: hpcwf.training.stages) as the
+    stage runner (hpcwf.runner) drives it; its metrics go to the energy log by name.
 
-    def __call__(self, state: Any, key: jax.Array) -> tuple[Any, Metrics]:
-        """-> (the stage's new state, the step's metrics: energies in Ha, lengths in bohr)."""
-        ...
+    `state` is any object with an int `step` (steps completed) and `replace`. `step` raises
+    nothing on non-finite numbers: it rolls back and reports `rolled_back` = 1 in its metrics.
+    """
+
+    tag: int  # folded into the root key (stage_key)
+    n_steps: int  # the loop runs while state.step < n_steps
+    table: str | None  # energies.h5 table of the metrics rows (log_schema), None: no rows
+
+    def step(self, state: Any, key: jax.Array) -> tuple[Any, Metrics]:
+        """One step (collective): -> (the new state, this rank's row of `table` without the
+        columns the runner adds: step, time, step_time; energies in Ha, lengths in bohr)."""
+
+    def progress_line(
+        self, state: Any, rows: list[dict] | None, window: list[float], elapsed: float
+    ) -> str | None:
+        """Rank 0's progress line after the step that made `state`; rows: the step's rows of
+        all ranks; window: step times (s) since the last line; elapsed: s since the start."""
+
+    def rejection_line(self, step: int, rows: list[dict] | None, in_a_row: int) -> str:
+        """Rank 0's line for a rolled-back step."""
+
+    def diverged_message(self, step: int, in_a_row: int, checkpoint: Path | None) -> str:
+        """Why the run stops after MAX_CONSECUTIVE_REJECTED rejections in a row."""
+
+    def stopped_message(self, signal: str, state: Any, checkpoint: Path | None) -> str:
+        """Why the run stops on a signal (`signal`: e.g. "SIGTERM")."""

@@ -35,8 +35,8 @@ class Column:
     meaning: one line for the docs; since_start: present in every file hpcwf has written
     (the reader refuses a file without it), else read as `missing` when a file lacks it;
     missing: the value of a row that has no entry (older files, an evaluation that skipped the
-    geometry); source: "runner" (bookkeeping the stage runner adds: step, clocks, rollback),
-    "step" (the physics step's metrics) or "update" (the optimizer's; NaN when no update was
+    geometry); source: "runner" (what the stage runner adds to every row: the step and its
+    clocks), "step" (the stage step's metrics) or "update" (the optimizer's; NaN when no update was
     computed for the step); statistic: (reduction, quantity) for a walker statistic that the
     step computes from this declaration alone: reduction one of REDUCTIONS over the walker
     axis, quantity a key of WALKER_QUANTITIES.
@@ -65,7 +65,7 @@ WALKER_QUANTITIES = {
 
 TRAIN: tuple[Column, ...] = (
     Column("step", np.int64, "", "optimization step", True, -1, "runner"),
-    Column("geometry", np.int32, "", "global index of the geometry trained", True, -1, "runner"),
+    Column("geometry", np.int32, "", "global index of the geometry trained", True, -1),
     Column(
         "energy",
         np.float64,
@@ -103,7 +103,6 @@ TRAIN: tuple[Column, ...] = (
         "s",
         "time in the global update (waiting for the other ranks, all-reduce, K-FAC inverses); "
         "NaN for a skipped update",
-        source="runner",
     ),
     Column("n_nonfinite", np.int32, "", "walkers with a non-finite E_L", missing=0),
     Column(
@@ -113,13 +112,12 @@ TRAIN: tuple[Column, ...] = (
         "1: the step was rejected on every rank (a non-finite E_L or update somewhere); "
         "parameters, optimizer state and the geometry's walkers stayed as before it",
         missing=0,
-        source="runner",
     ),
 )
 
 PRETRAIN: tuple[Column, ...] = (
     Column("step", np.int64, "", "HF pre-training step", True, -1, "runner"),
-    Column("geometry", np.int32, "", "global index of the geometry", True, -1, "runner"),
+    Column("geometry", np.int32, "", "global index of the geometry", True, -1),
     Column(
         "loss",
         np.float64,
@@ -128,9 +126,7 @@ PRETRAIN: tuple[Column, ...] = (
         "the parameters before the update; the global Adam step uses the mean over ranks",
         True,
     ),
-    Column(
-        "rolled_back", np.int8, "", "1: the step's non-finite update was rejected", missing=0, source="runner"
-    ),
+    Column("rolled_back", np.int8, "", "1: the step's non-finite update was rejected", missing=0),
 )
 
 EVALUATION: tuple[Column, ...] = (

@@ -182,9 +182,6 @@ class ParallelContext:
             return [obj]
         return self.comm.gather(obj, root=0)
 
-    def allgather(self, obj) -> list:
-        return [obj] if self.comm is None else self.comm.allgather(obj)
-
     def any(self, flags: list[bool]) -> list[bool]:
         """Element-wise OR over ranks (one small allreduce)."""
         if self.comm is None:

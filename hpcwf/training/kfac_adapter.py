@@ -215,10 +215,23 @@ def local_curvature_loss_and_grads(
     return loss, grads, curvature
 
 
-def mark_synced(curvature: Any) -> Any:
-    """The curvature estimator state `curvature`, marked as already averaged over devices (so
-    kfac-jax does not average it again)."""
-    return type(curvature)(synced=jnp.asarray(True), blocks_states=curvature.blocks_states)
+def with_synced_curvature(state: Any, curvature: Any) -> Any:
+    """A copy of kfac_jax.Optimizer.State `state` holding the curvature estimator state
+    `curvature` (already averaged over ranks), marked as synced so that kfac-jax does not
+    average it again."""
+    state = state.copy()
+    state.estimator_state = type(curvature)(synced=jnp.asarray(True), blocks_states=curvature.blocks_states)
+    return state
+
+
+def advance(state: Any, delta: Any, n_samples: int) -> Any:
+    """`state` after the parameter change `delta` computed from `n_samples` samples (over all
+    ranks): kfac-jax's step bookkeeping (velocities, data_seen, step_counter)."""
+    state = state.copy()
+    state.velocities = delta
+    state.data_seen = state.data_seen + n_samples
+    state.step_counter = state.step_counter + 1
+    return state
 
 
 def update_inverses(opt: kfac_jax.Optimizer, state: Any, precon_damping: Any) -> Any:
@@ -265,11 +278,12 @@ __all__ = [
     "eval_jaxpr_eqn",
     "init_state",
     "kfac_jax",
+    "advance",
     "local_curvature_loss_and_grads",
-    "mark_synced",
     "momentum_step",
     "precondition",
     "replicate_all_local_devices",
     "schedules",
     "update_inverses",
+    "with_synced_curvature",
 ]

@@ -100,7 +100,7 @@ class LocalStatistics:
 def all_finite(tree) -> jax.Array:
     """True (bool scalar) if no floating leaf of `tree` holds a NaN or an infinity; integer,
     boolean and key leaves are not checked. A training step is accepted only if its new
-    parameters and optimizer state pass (workflow: rollback otherwise)."""
+    parameters and optimizer state pass (the VMC stage rolls the step back otherwise)."""
     checks = [
         jnp.all(jnp.isfinite(x))
         for x in jax.tree_util.tree_leaves(tree)
@@ -208,12 +208,11 @@ class KFACOptimizer:
         fixed schedules."""
         opt = self._opt
         with opt.staging_context():
-            state = state.copy()
             lr, momentum, damp, precon_damping = kfac_adapter.schedules(opt, state)
             stats = pmean_statistics(stats)
             loss, grads = stats.loss, stats.grads
             # The factors are now averaged over ranks (the cache was identical already).
-            state.estimator_state = kfac_adapter.mark_synced(stats.curvature)
+            state = kfac_adapter.with_synced_curvature(state, stats.curvature)
             state = kfac_adapter.update_inverses(opt, state, precon_damping)
             precon = kfac_adapter.precondition(opt, state, grads, precon_damping)
             # kfac-jax bounds lr^2 g.F^-1 g; "fisher" bounds g.F^-1 g (lr applied afterwards).
@@ -221,9 +220,7 @@ class KFACOptimizer:
             precon = kfac_adapter.apply_norm_constraint(opt, grads, precon, scale)
             delta, coefficients = kfac_adapter.momentum_step(opt, state, precon, grads, lr, momentum, damp)
             params = jax.tree_util.tree_map(jnp.add, params, delta)
-            state.velocities = delta
-            state.data_seen = state.data_seen + self.total_walkers
-            state.step_counter = state.step_counter + 1
+            state = kfac_adapter.advance(state, delta, self.total_walkers)
         info = {
             "loss": loss,
             "learning_rate": -coefficients[0],

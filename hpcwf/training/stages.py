@@ -493,17 +493,9 @@ class EvaluationStage:
         results, lines = {}, {}
         for s in self.systems:
             b = multi_chain_statistics(state.local_energies[s.index])
-            results[s.index] = {
-                "energy": b.mean,
-                "error": b.error,
-                "variance": b.variance,
-                "autocorrelation_time": b.autocorrelation_time,
-                "n_samples": b.n_samples,
-                "autocorrelation_time_lower_bound": b.autocorrelation_time_lower_bound,
-                "r_hat": b.r_hat,
-                "n_chains": b.n_chains,
-                "error_blocking": b.error_blocking,
-            }
+            row = dataclasses.asdict(b)  # the estimate's fields are the table's columns
+            row["energy"] = row.pop("mean")
+            results[s.index] = row
             lines[s.index] = evaluation_line(s, b)
         return results, lines
 

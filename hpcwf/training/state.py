@@ -3,7 +3,8 @@
 `TrainState` holds the parameters, the optimizer state, the step, every geometry's
 `GeometryState` (walkers, step size, ages, clipping statistics) and the geometry scheduler's
 statistics. The checkpoint writes and reads it as a whole (`write_train_state`,
-`read_train_state`); the template a checkpoint is read into is `jax.eval_shape` of the same
+`read_train_state`), each field at its place of CHECKPOINT_LAYOUT (a field without one fails
+at import); the template a checkpoint is read into is `jax.eval_shape` of the same
 function that builds a fresh state (`hpcwf.training.stages.VMCStage.initial_state`), so no field
 list is written out anywhere else: a new field of `WalkerState` or `GeometryState` reaches the
 checkpoint by itself.
@@ -15,6 +16,7 @@ geometries[i] -> /geometry_states/<i>, scheduler -> /scheduler/<name>, step -> a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,21 @@ class TrainState:
     geometries: dict[int, GeometryState]
     scheduler: dict[str, np.ndarray]
     step: int = struct.field(pytree_node=False, default=0)
+
+
+# Where each TrainState field lives in a checkpoint file (the module docstring's layout). A
+# field added to TrainState without an entry here fails at import: it would otherwise be
+# silently left out of every checkpoint.
+CHECKPOINT_LAYOUT = {
+    "params": "/params",
+    "opt_state": "/optimizer",
+    "geometries": "/geometry_states/<index>",
+    "scheduler": "/scheduler/<name>",
+    "step": "attribute step",
+}
+_unplaced = {f.name for f in dataclasses.fields(TrainState)} ^ set(CHECKPOINT_LAYOUT)
+if _unplaced:
+    raise TypeError(f"TrainState fields without a checkpoint place (or stale places): {sorted(_unplaced)}")
 
 
 def write_train_state(

@@ -1,7 +1,8 @@
 """Variational Monte Carlo: per-geometry sampling, clipped local energies, the energy loss.
 
-Everything here is a pure JAX function of (params, geometry, state, key); the training loop
-(hpcwf.workflow) owns files, clocks and the choice of geometry.
+Everything here is a pure JAX function of (params, geometry, state, key); the VMC stage
+(hpcwf.training.stages.VMCStage) chooses the geometry of a step and the stage runner
+(hpcwf.runner) owns the loop, files and clocks.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import kfac_jax
 from flax import struct
 
 from hpcwf.io import log_schema
 from hpcwf.mcmc import WalkerState, make_mcmc_sweep
 from hpcwf.model.geometry import GeometryData
+from hpcwf.training.kfac_adapter import kfac_jax
 
 
 @struct.dataclass
