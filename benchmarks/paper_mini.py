@@ -16,7 +16,7 @@ each claim of Scherbela, Gerard & Grohs 2023 (../shared/METHOD.md sec. 3) next t
 - A job that finished before (recorded in `DIR/paper_mini_times.json` with its wall time) is
   not run again unless `--rerun`.
 
-Wall time of all jobs: ~40 min on 2 CPU cores (38 min measured) (per job: jobs/README.md). Results are read with
+Wall time of all jobs: ~40 min on 2 CPU cores (per job: jobs/README.md). Results are read with
 hpcwf's jax-free analysis (`hpcwf.analysis.report`), as `hpcwf analyze` prints them; energies
 in Ha, differences to reference energies in mHa. Exit code 1 when a job failed.
 """
