@@ -14,17 +14,14 @@ leaving the others waiting. A full disk or quota gives one `error:` line and exi
 
 from __future__ import annotations
 
+# Importing hpcwf (for this module, hpcwf/__init__.py) has set the environment defaults
+# (OPENBLAS_NUM_THREADS, XLA_FLAGS) before numpy or jax start: hpcwf/process_defaults.py.
+import argparse
+import errno
 import os
+import sys
 
-# OpenBLAS threads fight XLA's for the cores (1.5-6x slower steps on small CPUs); must be set
-# before numpy is imported. An explicit setting by the user wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import errno  # noqa: E402
-import sys  # noqa: E402
-
-from hpcwf.errors import (  # noqa: E402
+from hpcwf.errors import (
     EXIT_BAD_INPUT,
     EXIT_DIVERGED,
     EXIT_FAILED,

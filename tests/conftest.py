@@ -15,4 +15,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
 
+import hpcwf  # noqa: E402, F401  (sets XLA_FLAGS before the JAX backend starts: hpcwf/process_defaults.py)
+
 jax.config.update("jax_default_matmul_precision", "highest")
