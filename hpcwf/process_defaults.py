@@ -29,14 +29,16 @@ XLA_FLAGS_VARIABLE = "XLA_FLAGS"
 XLA_FLAG_DEFAULTS: dict[str, str] = {"xla_cpu_enable_concurrency_optimized_scheduler": "false"}
 
 
+def missing_xla_flags(current: str | None, defaults: dict[str, str] = XLA_FLAG_DEFAULTS) -> list[str]:
+    """The flags of `defaults`, as `--name=value`, that `current` (an XLA_FLAGS value, or None)
+    does not set (the user's value wins). Flags are whitespace-separated, as XLA parses them."""
+    present = {f.lstrip("-").split("=", 1)[0] for f in (current or "").split()}
+    return [f"--{name}={value}" for name, value in defaults.items() if name not in present]
+
+
 def xla_flags_with_defaults(current: str | None, defaults: dict[str, str] = XLA_FLAG_DEFAULTS) -> str:
-    """`current` (an XLA_FLAGS value, or None) with each flag of `defaults` appended as
-    `--name=value` unless `current` already sets it (the user's value wins). Flags are
-    whitespace-separated, as XLA parses them."""
-    flags = (current or "").split()
-    present = {f.lstrip("-").split("=", 1)[0] for f in flags}
-    flags += [f"--{name}={value}" for name, value in defaults.items() if name not in present]
-    return " ".join(flags)
+    """`current` (an XLA_FLAGS value, or None) with `missing_xla_flags` appended."""
+    return " ".join((current or "").split() + missing_xla_flags(current, defaults))
 
 
 def _jax_backend_started() -> bool:
@@ -56,14 +58,14 @@ def apply(environ: MutableMapping[str, str] = os.environ) -> None:
     already read XLA_FLAGS."""
     environ.setdefault(OPENBLAS_THREADS_VARIABLE, "1")
     current = environ.get(XLA_FLAGS_VARIABLE)
-    wanted = xla_flags_with_defaults(current)
-    if wanted != (current or ""):
-        if _jax_backend_started():
-            warnings.warn(
-                "hpcwf was imported after a JAX backend had started, so XLA_FLAGS lacks "
-                f"{wanted[len(current or '') :].strip()} (see hpcwf/process_defaults.py); "
-                "import hpcwf first or set it in the environment",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        environ[XLA_FLAGS_VARIABLE] = wanted
+    missing = missing_xla_flags(current)
+    if not missing:
+        return  # the user's XLA_FLAGS is left exactly as written
+    if _jax_backend_started():
+        warnings.warn(
+            f"hpcwf was imported after a JAX backend had started, so XLA_FLAGS lacks {' '.join(missing)} "
+            "(see hpcwf/process_defaults.py); import hpcwf first or set it in the environment",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    environ[XLA_FLAGS_VARIABLE] = xla_flags_with_defaults(current)
