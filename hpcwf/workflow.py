@@ -117,7 +117,7 @@ def prepare_systems(
     systems = []
     for i in indices:
         mol, hf = cfg.geometries[i], results[i]
-        data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, DTYPE)
+        data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, DTYPE, basis, elements)
         systems.append(System(i, mol.name, hf, data, _device_orbitals(hf), mol.reference_energy))
     return systems
 
@@ -509,7 +509,12 @@ def _initial_params(cfg: JobConfig, model: Wavefunction, root, init_file: str | 
     mol = cfg.geometries[0]
     d_desc = descriptor_size(cfg.hartree_fock.basis, cfg.hartree_fock.elements)
     template = geometry_data(
-        mol, np.zeros((mol.n_atoms, mol.n_up, d_desc)), np.zeros((mol.n_atoms, mol.n_dn, d_desc)), DTYPE
+        mol,
+        np.zeros((mol.n_atoms, mol.n_up, d_desc)),
+        np.zeros((mol.n_atoms, mol.n_dn, d_desc)),
+        DTYPE,
+        cfg.hartree_fock.basis,
+        cfg.hartree_fock.elements,
     )
     params = init_params(model, stage_key(root, STAGE_INIT, 0), template)
     if init_file:

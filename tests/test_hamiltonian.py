@@ -8,10 +8,13 @@ import pytest
 from hpcwf.hamiltonian import make_local_energy, potential_energy
 from hpcwf.model.geometry import GeometryData
 from hpcwf.model.wavefunction import build_wavefunction, init_params, log_abs_psi_fn
+from hpcwf.systems.hartree_fock import DEFAULT_BASIS, DEFAULT_ELEMENTS, descriptor_exponents
 
 
 def one_atom(z: float) -> GeometryData:
-    return GeometryData(jnp.zeros((1, 3)), jnp.array([z]), jnp.zeros((1, 1, 1)), jnp.zeros((1, 0, 1)))
+    return GeometryData(
+        jnp.zeros((1, 3)), jnp.array([z]), jnp.zeros((1, 1, 1)), jnp.zeros((1, 0, 1)), jnp.ones(1)
+    )
 
 
 @pytest.mark.parametrize("method", ["forward", "loop"])
@@ -52,6 +55,7 @@ def _compare_laplacians(rtol):
         jnp.array([3.0, 1.0]),
         jnp.asarray(rng.normal(size=(2, 2, 42))),
         jnp.asarray(rng.normal(size=(2, 2, 42))),
+        jnp.asarray(descriptor_exponents(DEFAULT_BASIS, DEFAULT_ELEMENTS)),
     )
     model = build_wavefunction("S", "tao", 2)
     params = init_params(model, jax.random.PRNGKey(0), geometry)

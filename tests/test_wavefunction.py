@@ -9,6 +9,7 @@ from hpcwf.model.geometry import GeometryData
 from hpcwf.model.orbitals import ContextGNN, DescriptorMaps
 from hpcwf.model.registry import ORBITAL_TYPES, molecule_shape, orbital_map_type
 from hpcwf.model.wavefunction import MODEL_SIZES, build_wavefunction, count_parameters, init_params
+from hpcwf.systems.hartree_fock import DEFAULT_BASIS, DEFAULT_ELEMENTS, descriptor_exponents
 from hpcwf.systems.molecule import Molecule
 from hpcwf.types import OrbitalMap, OrbitalMapType
 
@@ -22,6 +23,7 @@ def random_geometry(n_atoms, n_up, n_dn, seed=0):
         charges=jnp.asarray(rng.integers(1, 4, n_atoms), jnp.float32),
         descriptors_up=jnp.asarray(rng.normal(size=(n_atoms, n_up, D_DESC)), jnp.float32),
         descriptors_dn=jnp.asarray(rng.normal(size=(n_atoms, n_dn, D_DESC)), jnp.float32),
+        descriptor_exponents=jnp.asarray(descriptor_exponents(DEFAULT_BASIS, DEFAULT_ELEMENTS), jnp.float32),
     )
 
 
@@ -70,9 +72,10 @@ def test_gnn_odd_f_odd_g_even_positive():
         gnn.apply(p, -c, geometry.nuclei), -gnn.apply(p, c, geometry.nuclei), atol=1e-6
     )
     maps = DescriptorMaps(gnn_width=16, gnn_iterations=2, f_widths=(32, 32), g_widths=(16,), n_det=2, d_emb=8)
-    p = maps.init(jax.random.PRNGKey(0), c, geometry.nuclei)
-    f_pos, a_pos = maps.apply(p, c, geometry.nuclei)
-    f_neg, a_neg = maps.apply(p, -c, geometry.nuclei)
+    atoms = (geometry.nuclei, geometry.charges, geometry.descriptor_exponents)
+    p = maps.init(jax.random.PRNGKey(0), c, *atoms)
+    f_pos, a_pos = maps.apply(p, c, *atoms)
+    f_neg, a_neg = maps.apply(p, -c, *atoms)
     np.testing.assert_allclose(f_neg, -f_pos, atol=1e-6)
     np.testing.assert_allclose(a_neg, a_pos, atol=1e-6)
     assert jnp.all(a_pos > 0)

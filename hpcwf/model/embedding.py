@@ -63,9 +63,11 @@ class ElectronEmbedding(nn.Module):
         n_other = jnp.maximum(other.sum(axis=1, keepdims=True), 1.0)
 
         # Electron-nucleus stream: pair features gated by a learned embedding of Z, summed over
-        # nuclei so any number of atoms maps to the same parameters.
+        # nuclei so any number of atoms maps to the same parameters. Its distance is the smooth
+        # sqrt(r^2 + 1): |r| has a kink at the nucleus, which would add to the exact cusp of
+        # the envelopes (hpcwf.model.envelopes) and make E_L diverge there.
         diff_en = electrons[:, None, :] - nuclei[None, :, :]
-        dist_en = safe_distances(diff_en, pad_diagonal=False)
+        dist_en = jnp.sqrt(jnp.sum(diff_en**2, axis=-1) + 1.0)
         z_index = jnp.clip(jnp.round(charges).astype(jnp.int32), 0, MAX_NUCLEAR_CHARGE)
         z_embedding = nn.Embed(MAX_NUCLEAR_CHARGE + 1, self.width_nuc, name="z_embedding")(z_index)
         en = nn.tanh(nn.Dense(self.width_nuc, name="en_input")(scaled_pair_features(diff_en, dist_en)))

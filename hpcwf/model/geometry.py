@@ -8,10 +8,13 @@ i.e. they are computed once per call rather than once per walker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from hpcwf.systems.hartree_fock import DEFAULT_BASIS, DEFAULT_ELEMENTS, descriptor_exponents
 from hpcwf.systems.molecule import Molecule
 
 
@@ -24,12 +27,16 @@ class GeometryData:
         charges: nuclear charges Z, [n_atoms].
         descriptors_up: HF orbital descriptors of the spin-up orbitals, [n_atoms, n_up, d_desc].
         descriptors_dn: same for spin-down orbitals, [n_atoms, n_dn, d_desc].
+        descriptor_exponents: Slater exponent of the atomic orbital behind each descriptor
+            entry, bohr^-1, [d_desc] (`hpcwf.systems.hartree_fock.descriptor_exponents`); the
+            prior of the envelope exponents.
     """
 
     nuclei: jnp.ndarray
     charges: jnp.ndarray
     descriptors_up: jnp.ndarray
     descriptors_dn: jnp.ndarray
+    descriptor_exponents: jnp.ndarray
 
     @property
     def n_up(self) -> int:
@@ -49,12 +56,25 @@ class GeometryData:
 
 
 def geometry_data(
-    molecule: Molecule, descriptors_up: np.ndarray, descriptors_dn: np.ndarray, dtype=jnp.float32
+    molecule: Molecule,
+    descriptors_up: np.ndarray,
+    descriptors_dn: np.ndarray,
+    dtype=jnp.float32,
+    basis: str = DEFAULT_BASIS,
+    elements: Sequence[str] = DEFAULT_ELEMENTS,
 ) -> GeometryData:
-    """Packs a molecule and its HF descriptors into device arrays of `dtype`."""
+    """Packs a molecule and its HF descriptors (built with `basis` and `elements`) into device
+    arrays of `dtype`. ValueError if the descriptor size does not match basis and elements."""
+    exponents = descriptor_exponents(basis, elements)
+    if np.shape(descriptors_up)[-1] != exponents.size:
+        raise ValueError(
+            f"descriptors of size {np.shape(descriptors_up)[-1]}, but {basis} on "
+            f"{', '.join(elements)} gives {exponents.size}"
+        )
     return GeometryData(
         nuclei=jnp.asarray(molecule.coords, dtype),
         charges=jnp.asarray(molecule.charges, dtype),
         descriptors_up=jnp.asarray(descriptors_up, dtype),
         descriptors_dn=jnp.asarray(descriptors_dn, dtype),
+        descriptor_exponents=jnp.asarray(exponents, dtype),
     )

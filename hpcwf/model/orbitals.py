@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from hpcwf.model.embedding import safe_distances
+from hpcwf.model.envelopes import cusp_free_distance, envelope_exponent_prior
 from hpcwf.model.geometry import GeometryData
 
 if TYPE_CHECKING:
@@ -88,6 +89,14 @@ class DescriptorMaps(nn.Module):
     Outputs for orbitals of one spin:
         f: [n_atoms, n_orb, 2, n_det, d_emb]   (axis 2: same spin / other spin electrons)
         alpha: [n_atoms, n_orb, 2, n_det]  > 0, bohr^-1
+
+    alpha = alpha0 * softplus(1 + g(x * x)) / softplus(1): the Slater-rule prior alpha0 of the
+    orbital on the atom (`hpcwf.model.envelopes.envelope_exponent_prior`) times a learned
+    correction of the context features x. x * x makes g even in the descriptor, as an exponent
+    must be, while every weight of g (and, through x, of the GNN) has a gradient from the
+    first step; the sum g(x) + g(-x) with zero biases had none for g's first layer (its
+    derivative, an odd function, cancels). g's last layer starts small, so the exponents start
+    within a few percent of the prior.
     """
 
     gnn_width: int
@@ -98,15 +107,27 @@ class DescriptorMaps(nn.Module):
     d_emb: int
 
     @nn.compact
-    def __call__(self, descriptors: jnp.ndarray, nuclei: jnp.ndarray):
+    def __call__(
+        self,
+        descriptors: jnp.ndarray,
+        nuclei: jnp.ndarray,
+        charges: jnp.ndarray,
+        descriptor_exponents: jnp.ndarray,
+    ):
         n_atoms, n_orb = descriptors.shape[:2]
         x = ContextGNN(self.gnn_width, self.gnn_iterations, name="gnn")(descriptors, nuclei)
         f_mlp = MLP(self.f_widths, name="f_mlp")
         f_hidden = f_mlp(x) - f_mlp(-x)  # odd in x, hence odd in the descriptor
         f = nn.Dense(2 * self.n_det * self.d_emb, use_bias=False, name="f_out")(f_hidden)
-        g_mlp = MLP((*self.g_widths, 2 * self.n_det), activate_last=False, name="g_mlp")
-        # Even in x: h(x) + h(-x). The +1 shift puts initial exponents near softplus(1) ~ 1.3.
-        alpha = jax.nn.softplus(g_mlp(x) + g_mlp(-x) + 1.0)
+        g_hidden = MLP(self.g_widths, name="g_mlp")(x * x)
+        g_out = nn.Dense(
+            2 * self.n_det,
+            kernel_init=nn.initializers.variance_scaling(1e-2, "fan_in", "normal"),
+            name="g_out",
+        )(g_hidden)
+        prior = envelope_exponent_prior(descriptors, charges, descriptor_exponents)
+        correction = jax.nn.softplus(1.0 + g_out) / jax.nn.softplus(1.0)
+        alpha = prior[:, :, None] * correction
         return (
             f.reshape(n_atoms, n_orb, 2, self.n_det, self.d_emb),
             alpha.reshape(n_atoms, n_orb, 2, self.n_det),
@@ -116,12 +137,13 @@ class DescriptorMaps(nn.Module):
 def tao_block(
     h: jnp.ndarray, dist_en: jnp.ndarray, f: jnp.ndarray, alpha: jnp.ndarray, same: bool
 ) -> jnp.ndarray:
-    """Phi^d_ik = sum_I exp(-alpha^d_Iks |r_i - R_I|) <h_i, f^d_Iks> for one (electron spin,
+    """Phi^d_ik = sum_I exp(-alpha^d_Iks u_I(r_i)) <h_i, f^d_Iks> for one (electron spin,
     orbital spin) block.
 
     Args:
         h: electron embeddings [n_el_block, d_emb].
-        dist_en: electron-nucleus distances [n_el_block, n_atoms], bohr.
+        dist_en: cusp-free electron-nucleus distances u_I(r) [n_el_block, n_atoms], bohr
+            (`hpcwf.model.envelopes.cusp_free_distance`: the cusp is the cusp factor's).
         f: [n_atoms, n_orb, 2, n_det, d_emb]; alpha: [n_atoms, n_orb, 2, n_det].
         same: electrons and orbitals have the same spin (selects index 0 of axis 2).
     Returns:
@@ -162,10 +184,12 @@ class TAOOrbitals(nn.Module):
     @nn.compact
     def __call__(self, h: jnp.ndarray, electrons: jnp.ndarray, geometry: GeometryData) -> jnp.ndarray:
         """Slater matrices [n_det, n_el, n_el] from embeddings h [n_el, d_emb]."""
-        nuclei, n_up = geometry.nuclei, geometry.n_up
-        f_up, alpha_up = self.maps_up(geometry.descriptors_up, nuclei)
-        f_dn, alpha_dn = self.maps_dn(geometry.descriptors_dn, nuclei)
+        nuclei, n_up, charges = geometry.nuclei, geometry.n_up, geometry.charges
+        exponents = geometry.descriptor_exponents
+        f_up, alpha_up = self.maps_up(geometry.descriptors_up, nuclei, charges, exponents)
+        f_dn, alpha_dn = self.maps_dn(geometry.descriptors_dn, nuclei, charges, exponents)
         dist_en = jnp.linalg.norm(electrons[:, None, :] - nuclei[None], axis=-1)
+        dist_en = cusp_free_distance(dist_en, charges)
         h_up, h_dn = h[:n_up], h[n_up:]
         d_up, d_dn = dist_en[:n_up], dist_en[n_up:]
         upper = jnp.concatenate(
@@ -211,6 +235,7 @@ class BackflowOrbitals(nn.Module):
         nuclei, n_up = geometry.nuclei, geometry.n_up
         n_el, n_det = self.n_electrons, self.n_det
         dist_en = jnp.linalg.norm(electrons[:, None, :] - nuclei[None], axis=-1)  # [i, A]
+        dist_en = cusp_free_distance(dist_en, geometry.charges)  # the cusp is the cusp factor's
         sigma = self.param("sigma", nn.initializers.ones, (2, n_det, self.n_atoms, n_el))
         pi = self.param("pi", nn.initializers.ones, (2, n_det, self.n_atoms, n_el))
         rows = []

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from hpcwf.model.embedding import ElectronEmbedding, safe_distances
+from hpcwf.model.envelopes import nuclear_cusp
 from hpcwf.model.geometry import GeometryData
 from hpcwf.model.registry import orbital_map_type
 from hpcwf.types import LogAbsPsi
@@ -50,7 +51,8 @@ def signed_logsumexp(signs: jnp.ndarray, logs: jnp.ndarray) -> tuple[jnp.ndarray
 
 class Wavefunction(nn.Module):
     """psi(r) = J(r) * sum_d det Phi^d(r), Phi from the orbital map named `orbitals` (TAO or
-    backflow, hpcwf.model.registry).
+    backflow, hpcwf.model.registry) with the nuclear cusp built into its rows
+    (`slater_matrices`, hpcwf.model.envelopes).
 
     J is a parameter-light electron-electron cusp Jastrow,
     exp(sum_{i<j} -c_s a_s^2 / (a_s + r_ij)) with c = 1/4 (same spin) and 1/2 (opposite spin),
@@ -72,9 +74,14 @@ class Wavefunction(nn.Module):
         self.jastrow_scale = self.param("jastrow_scale", nn.initializers.ones, (2,))
 
     def slater_matrices(self, electrons: jnp.ndarray, geometry: GeometryData) -> jnp.ndarray:
-        """[n_det, n_el, n_el] for electrons [n_el, 3] (up electrons first)."""
+        """[n_det, n_el, n_el] for electrons [n_el, 3] (up electrons first): the orbital map's
+        matrices with each electron's row times its nuclear cusp factor
+        (`hpcwf.model.envelopes.nuclear_cusp`), so that HF pre-training fits the orbitals
+        with their cusps and psi has the exact cusp -Z at every nucleus."""
         h = self.embedding(electrons, geometry.nuclei, geometry.charges, geometry.n_up)
-        return self.orbital_map(h, electrons, geometry)
+        phi = self.orbital_map(h, electrons, geometry)
+        dist_en = jnp.linalg.norm(electrons[:, None, :] - geometry.nuclei[None], axis=-1)
+        return phi * jnp.exp(nuclear_cusp(dist_en, geometry.charges))[None, :, None]
 
     def jastrow(self, electrons: jnp.ndarray, n_up: int) -> jnp.ndarray:
         n_el = electrons.shape[0]

@@ -29,6 +29,7 @@ import numpy as np
 from hpcwf.systems.basis_sets import element_mole
 from hpcwf.systems.gaussian_basis import GaussianBasis, _cartesian_powers, basis_from_pyscf
 from hpcwf.systems.molecule import ELEMENTS, Molecule
+from hpcwf.systems.slater_rules import shell_exponents
 
 DEFAULT_BASIS = "STO-6G"
 DEFAULT_ELEMENTS: tuple[str, ...] = tuple(ELEMENTS)
@@ -134,6 +135,32 @@ def descriptor_layout(basis: str, elements: Sequence[str]) -> dict[str, tuple[in
 def descriptor_size(basis: str, elements: Sequence[str]) -> int:
     """d_desc: total length of the descriptor vector (42 for STO-6G and H..Ne)."""
     return sum(size for _, _, size in _layout(basis, tuple(elements)))
+
+
+@functools.lru_cache(maxsize=64)
+def _descriptor_exponents(basis: str, elements: tuple[str, ...]) -> np.ndarray:
+    parts = []
+    for el, _, size in _layout(basis, elements):
+        mol = element_mole(el, basis)
+        shells = [(int(mol.bas_angular(i)), int(mol.bas_nctr(i))) for i in range(mol.nbas)]
+        zetas = shell_exponents(ELEMENTS[el], shells)
+        if zetas.size != size:  # pyscf's AO order is shell by shell, contraction by contraction
+            raise ValueError(f"{el} in {basis}: {zetas.size} exponents for {size} functions")
+        parts.append(zetas)
+    out = np.concatenate(parts)
+    out.setflags(write=False)
+    return out
+
+
+def descriptor_exponents(basis: str, elements: Sequence[str]) -> np.ndarray:
+    """Slater exponent (bohr^-1) of the atomic orbital behind each descriptor entry, [d_desc].
+
+    Entry a of an orbital's descriptor on atom I is its coefficient on one basis function of
+    I's element block (`descriptor_layout`); that function stands for an atomic orbital whose
+    exponent Slater's rules give (`hpcwf.systems.slater_rules.shell_exponents`: 1s core or
+    valence). The envelope prior of `hpcwf.model.orbitals` weights them by the squared
+    coefficients."""
+    return _descriptor_exponents(basis, tuple(elements))
 
 
 def check_elements(molecule: Molecule, elements: Sequence[str]) -> None:
