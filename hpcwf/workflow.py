@@ -454,7 +454,8 @@ def run_job(
         if not init_file and cfg.pretraining.steps > 0:
             pre = PretrainStage(cfg, model, systems, ctx, faults)
             pretrained = runner.run(pre, pre.initial_state(params, walkers))
-            params, walkers = pretrained.params, pre.sampled_electrons(pretrained, walkers)
+            params = pretrained.params
+            walkers = _pretraining_check(vmc, pre, pretrained, walkers, ctx, energy_log, log)
         state = vmc.place(vmc.initial_state(params, walkers))
 
     if not (init_file and cfg.init.mode == "evaluate"):
@@ -475,6 +476,39 @@ def run_job(
             energy_log.write_evaluation(results, len(cfg.geometries), cfg.evaluation.steps)
     ctx.barrier()  # no rank reports success before rank 0 has written everything
     return out
+
+
+def _pretraining_check(
+    vmc: VMCStage,
+    pre: PretrainStage,
+    pretrained,
+    walkers: dict[int, np.ndarray],
+    ctx: ParallelContext,
+    energy_log: EnergyLog | None,
+    log: Callable,
+) -> dict[int, np.ndarray]:
+    """The pre-trained network's energy per geometry (`VMCStage.pretrained_energies`): logged
+    to /pretrain, printed next to E_HF; returns `walkers` with the network-equilibrated
+    walkers in place (VMC starts from them). Collective (gather)."""
+    sampled = pre.sampled_electrons(pretrained, walkers)
+    equilibrated, rows = vmc.pretrained_energies(pretrained.params, sampled, pre.n_steps)
+    for i, electrons in equilibrated.items():
+        sampled[i][: electrons.shape[0]] = electrons
+    hf_energy = {s.index: s.hf.energy for s in vmc.systems}
+    gathered = ctx.gather((rows, hf_energy))
+    if ctx.is_root:
+        all_rows = sorted((r for part, _ in gathered for r in part), key=lambda r: r["geometry"])
+        e_hf = {i: e for _, part in gathered for i, e in part.items()}
+        for r in all_rows:
+            error = r.pop("error")
+            energy_log.append_pretrain(**r)
+            i = r["geometry"]
+            log(
+                f"pretrained {pre.cfg.geometries[i].name:<16} E = {r['energy']:.4f} +- {error:.4f} Ha  "
+                f"var {r['variance']:.3g} Ha^2  (E_HF {e_hf[i]:.4f} Ha, "
+                f"{1e3 * (r['energy'] - e_hf[i]):+.0f} mHa)"
+            )
+    return sampled
 
 
 def _checked_init_checkpoint(cfg: JobConfig, log: Callable) -> Path:

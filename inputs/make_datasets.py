@@ -31,7 +31,7 @@ job file's `dataset` key. Experiments (Scherbela, Gerard & Grohs 2023; ../shared
   foundation_finetune    CH4, NH3, H2O and N2 at the exact geometries of their reference
                          energies (one group per molecule: one fine-tuning task each).
   *_cpu                  small subsets (same names and coordinates) for the -cpu jobs.
-  accuracy               single systems of benchmarks/accuracy.py: the atoms He, B..Ne (ground-
+  accuracy               single systems of benchmarks/accuracy.py: the atoms H..Ne (ground-
                          state spin) and LiH, H2O, N2 at the geometries of their references; one
                          group each. The atoms' exact energies are not in energies.csv (He's is):
                          ATOM_REFERENCES below.
@@ -73,7 +73,7 @@ DISTORTION_SIGMA = 0.1  # bohr, per Cartesian component and atom
 MIN_DISTANCE_FRACTION = 0.8  # redraw a distortion that shortens any distance below this fraction
 DECIMALS = 6  # coordinates written with 1e-6 bohr resolution
 Z = {"H": 1, "C": 6, "N": 7, "O": 8}
-ATOM_SPIN = {"He": 0, "B": 1, "C": 2, "N": 3, "O": 2, "F": 1, "Ne": 0}  # Hund's rule ground states
+ATOM_SPIN = {"H": 1, "He": 0, "Li": 1, "Be": 0, "B": 1, "C": 2, "N": 3, "O": 2, "F": 1, "Ne": 0}  # Hund's rule ground states
 
 HCHAIN_SPACINGS = (1.4, 1.6, 1.8, 2.0, 2.2, 2.4)  # bohr; all pairs d1 <= d2
 HCHAIN_EXTRA_PAIRS = ((1.5, 2.5),)  # bohr; pairs with a reference energy outside the grid
@@ -147,6 +147,7 @@ REFERENCES: dict[str, Reference] = {
     "He": Reference(
         -2.9037244, "0", "exact non-relativistic", "Pekeris; Drake", "He atom", "single atom"
     ),
+    "H": Reference(-0.5, "0", "exact", "analytic", "H atom", "single atom"),
 }  # fmt: skip
 # Exact non-relativistic energies of the first-row atoms that energies.csv does not list:
 # Chakravorty et al., Phys. Rev. A 47, 3649 (1993), Table XI, as tabulated in the FermiNet paper
@@ -155,7 +156,7 @@ _CHAKRAVORTY = "Chakravorty et al. PRA 47, 3649 (1993), as tabulated in the Ferm
 ATOM_REFERENCES: dict[str, Reference] = {
     sym: Reference(energy, "", "exact non-relativistic (estimated)", _CHAKRAVORTY, f"{sym} atom",
                    "single atom", in_energies_csv=False)
-    for sym, energy in (("B", -24.65391), ("C", -37.84500), ("N", -54.58920), ("O", -75.06730),
+    for sym, energy in (("Li", -7.47806), ("Be", -14.66736), ("B", -24.65391), ("C", -37.84500), ("N", -54.58920), ("O", -75.06730),
                         ("F", -99.73390), ("Ne", -128.93760))
 }  # fmt: skip
 # Chains with alternating spacings d/d are equidistant chains: same reference.
@@ -543,7 +544,7 @@ def datasets() -> dict[str, tuple[str, list[Geometry]]]:
         ),
         "foundation_finetune_cpu": (cpu.format("foundation_finetune"), foundation_finetune(["H2O"])),
         "accuracy": (
-            "atoms He, B..Ne and LiH, H2O, N2 for benchmarks/accuracy.py; one group each",
+            "atoms H..Ne and LiH, H2O, N2 for benchmarks/accuracy.py; one group each",
             accuracy_systems(),
         ),
     }

@@ -16,7 +16,7 @@ never as 0.
 
 Tables:
     train       one row per (optimization step, rank); under MPI rank 0 gathers them.
-    pretrain    one row per (HF pre-training step, rank).
+    pretrain    one row per (HF pre-training step, rank), then one check row per geometry.
     evaluation  one entry per geometry (NaN / 0 where a geometry was not evaluated).
 """
 
@@ -127,6 +127,19 @@ PRETRAIN: tuple[Column, ...] = (
         True,
     ),
     Column("rolled_back", np.int8, "", "1: the step's non-finite update was rejected", missing=0),
+    Column(
+        "energy",
+        np.float64,
+        "Ha",
+        "end-of-pre-training check (one row per geometry, step = pre-training steps, loss NaN): "
+        "mean E_L of the pre-trained network, sampled from its own |psi|^2; NaN on step rows",
+    ),
+    Column(
+        "variance",
+        np.float64,
+        "Ha^2",
+        "end-of-pre-training check: variance of that E_L over the walkers; NaN on step rows",
+    ),
 )
 
 EVALUATION: tuple[Column, ...] = (

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
+from hpcwf.model.envelopes import cusp_free_distance
+
 MAX_NUCLEAR_CHARGE = 10  # H..Ne
 
 
@@ -17,9 +19,10 @@ def scaled_pair_features(diff: jnp.ndarray, dist: jnp.ndarray) -> jnp.ndarray:
     """Features of a displacement, [..., 3] and [...] -> [..., 4].
 
     Displacements are rescaled by log(1 + d)/d so inputs grow logarithmically with distance
-    (keeps activations O(1) for far electrons).
+    (keeps activations O(1) for far electrons); `dist` may be any distance-like measure >= 0
+    (the scale tends to 1 as it goes to 0).
     """
-    scale = jnp.log1p(dist) / dist
+    scale = jnp.where(dist > 1e-12, jnp.log1p(dist) / jnp.maximum(dist, 1e-12), 1.0)
     return jnp.concatenate([diff * scale[..., None], jnp.log1p(dist)[..., None]], axis=-1)
 
 
@@ -63,11 +66,12 @@ class ElectronEmbedding(nn.Module):
         n_other = jnp.maximum(other.sum(axis=1, keepdims=True), 1.0)
 
         # Electron-nucleus stream: pair features gated by a learned embedding of Z, summed over
-        # nuclei so any number of atoms maps to the same parameters. Its distance is the smooth
-        # sqrt(r^2 + 1): |r| has a kink at the nucleus, which would add to the exact cusp of
-        # the envelopes (hpcwf.model.envelopes) and make E_L diverge there.
+        # nuclei so any number of atoms maps to the same parameters. Its distance is the
+        # cusp-free u_I(r) (~ r^2 Z_I / 2 inside the core, r - 1/Z_I outside): |r| has a kink at
+        # the nucleus, which would add to the exact cusp of the orbitals (hpcwf.model.envelopes)
+        # and make E_L diverge there, while u still resolves the core.
         diff_en = electrons[:, None, :] - nuclei[None, :, :]
-        dist_en = jnp.sqrt(jnp.sum(diff_en**2, axis=-1) + 1.0)
+        dist_en = cusp_free_distance(safe_distances(diff_en, pad_diagonal=False), charges)
         z_index = jnp.clip(jnp.round(charges).astype(jnp.int32), 0, MAX_NUCLEAR_CHARGE)
         z_embedding = nn.Embed(MAX_NUCLEAR_CHARGE + 1, self.width_nuc, name="z_embedding")(z_index)
         en = nn.tanh(nn.Dense(self.width_nuc, name="en_input")(scaled_pair_features(diff_en, dist_en)))

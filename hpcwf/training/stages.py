@@ -55,10 +55,21 @@ from hpcwf.training.vmc import (
 
 # Stage tags folded into the root key so stages never share random numbers (the burn-ins have
 # their own: burn-in chunk c and step c of the same tag would get the same key).
-STAGE_INIT, STAGE_PRETRAIN, STAGE_BURN_IN, STAGE_VMC, STAGE_EVAL, STAGE_EVAL_BURN_IN = range(6)
+(
+    STAGE_INIT,
+    STAGE_PRETRAIN,
+    STAGE_BURN_IN,
+    STAGE_VMC,
+    STAGE_EVAL,
+    STAGE_EVAL_BURN_IN,
+    STAGE_PRETRAIN_CHECK,
+) = range(7)
 BURN_IN_CHUNK = 10  # MCMC steps between step-size adaptations during burn-in
 # The optimizer's log columns of a step without an update (NaN).
 _NO_UPDATE = log_schema.missing_values("train", "update")
+# Sweeps (of [mcmc] steps_per_update moves) in the end-of-pre-training energy check: 10 x 256
+# walkers resolve the mean to ~ sqrt(variance / 2560), e.g. 70 mHa at a variance of 14 Ha^2.
+PRETRAIN_CHECK_SWEEPS = 10
 R_HAT_WARNING = 1.1  # split-R-hat above this: walkers not equilibrated (Gelman et al., BDA3 11.4)
 
 DTYPE = jnp.float32
@@ -170,7 +181,13 @@ class PretrainStage:
             new_params, new_state = state.params, state.opt_state
         self._last = (s, info, pmove)
         state = state.replace(params=new_params, opt_state=new_state, walkers=walkers, step=t + 1)
-        return state, {"geometry": s.index, "loss": loss, "rolled_back": int(rejected)}
+        return state, {
+            "geometry": s.index,
+            "loss": loss,
+            "rolled_back": int(rejected),
+            "energy": np.nan,
+            "variance": np.nan,
+        }
 
     def progress_line(self, state, rows, window, elapsed) -> str:
         s, info, pmove = self._last
@@ -299,6 +316,52 @@ class VMCStage:
             opt_state=self.ctx.local_replicated(state.opt_state),
             geometries={i: place_walkers(self.ctx, g) for i, g in state.geometries.items()},
         )
+
+    def pretrained_energies(
+        self, params, electrons: dict[int, np.ndarray], n_steps: int, sweeps: int = PRETRAIN_CHECK_SWEEPS
+    ) -> tuple[dict[int, np.ndarray], list[dict]]:
+        """Where HF pre-training left the network, per geometry of this rank: walkers from
+        `electrons` [n_walkers, n_el, 3] (the HF distribution) burned in under `params`
+        ([mcmc] burn_in_steps), then `sweeps` sweeps of the VMC step's own sampler (no update)
+        with E_L after each. Returns ({index: equilibrated electrons}, one `pretrain` row per
+        geometry: step = n_steps, energy = mean E_L over all sweeps (Ha), variance (Ha^2),
+        loss NaN). Reuses the compiled VMC functions; no collective."""
+        out, rows = {}, []
+        batched = jax.vmap(self.log_abs_psi, (None, 0, None))
+        for s in self.systems:
+            walkers = init_walkers(batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size)
+            walkers = _burn(
+                self.burn_in,
+                self.root,
+                params,
+                s,
+                place_walkers(self.ctx, walkers),
+                self.cfg.mcmc.burn_in_steps,
+                STAGE_PRETRAIN_CHECK,
+            )
+            state = new_geometry_state(walkers)
+            means, variances = [], []
+            for k in range(sweeps):
+                key = geometry_key(self.root, STAGE_PRETRAIN_CHECK, 1_000_000 + k, s.index)
+                state, _, stats = self.sample_and_measure(params, s.data, state, key)
+                stats = jax.device_get(stats)
+                means.append(float(stats["energy"]))
+                variances.append(float(stats["variance"]))
+            out[s.index] = np.asarray(state.walkers.electrons)
+            means_arr = np.asarray(means)
+            rows.append(
+                {
+                    "step": n_steps,
+                    "geometry": s.index,
+                    "loss": np.nan,
+                    "rolled_back": 0,
+                    "energy": float(np.mean(means_arr)),
+                    # total variance over all sweeps' walkers (within- plus between-sweep)
+                    "variance": float(np.mean(variances) + np.var(means_arr)),
+                    "error": float(np.std(means_arr, ddof=1) / np.sqrt(sweeps)) if sweeps > 1 else np.nan,
+                }
+            )
+        return out, rows
 
     def _update(self, params, opt_state, batch: VMCBatch, key, t: int):
         """The global update of step `t` from this rank's `batch`, kept only if the new
