@@ -68,7 +68,10 @@ def run_system(geometry: dict, out: Path, repo: Path, settings: list[str]) -> di
     log_path = out / f"{name}.log"
     with open(log_path, "w") as log:
         code = subprocess.call(
-            [sys.executable, "-m", "hpcwf", "run", str(job_file)], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "hpcwf", "run", str(job_file)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     if code != 0:
         raise SystemExit(f"{name}: hpcwf run failed with exit code {code}; see {log_path}")
@@ -104,8 +107,15 @@ def report(out: Path, baseline: Path | None) -> None:
     rows = {n: json.loads((out / f"{n}.json").read_text()) for n in names if (out / f"{n}.json").exists()}
     base = {}
     if baseline:
-        base = {n: json.loads((baseline / f"{n}.json").read_text()) for n in names if (baseline / f"{n}.json").exists()}
-    head = f"{'system':<6} {'E_HF':>11} {'E first step':>13} {'- E_HF (mHa)':>13} {'variance':>9} {'check E - E_HF':>15} {'check var':>10} {'loss':>9}"
+        base = {
+            n: json.loads((baseline / f"{n}.json").read_text())
+            for n in names
+            if (baseline / f"{n}.json").exists()
+        }
+    head = (
+        f"{'system':<6} {'E_HF':>11} {'E first step':>13} {'- E_HF (mHa)':>13} {'variance':>9} "
+        f"{'check E - E_HF':>15} {'check var':>10} {'loss':>9}"
+    )
     if base:
         head += f" {'baseline E - E_HF':>18} {'baseline var':>13} {'var ratio':>9}"
     print(head)
@@ -140,7 +150,10 @@ def main() -> None:
         systems = load_systems()
         for name in args.systems or list(systems):
             row = run_system(systems[name], args.out, args.repo.resolve(), args.set)
-            print(f"{name}: first step {row['first_step_energy']:.4f} Ha, var {row['first_step_variance']:.3g}", flush=True)
+            print(
+                f"{name}: first step {row['first_step_energy']:.4f} Ha, var {row['first_step_variance']:.3g}",
+                flush=True,
+            )
     report(args.out, args.baseline)
 
 

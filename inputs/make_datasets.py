@@ -73,7 +73,8 @@ DISTORTION_SIGMA = 0.1  # bohr, per Cartesian component and atom
 MIN_DISTANCE_FRACTION = 0.8  # redraw a distortion that shortens any distance below this fraction
 DECIMALS = 6  # coordinates written with 1e-6 bohr resolution
 Z = {"H": 1, "C": 6, "N": 7, "O": 8}
-ATOM_SPIN = {"H": 1, "He": 0, "Li": 1, "Be": 0, "B": 1, "C": 2, "N": 3, "O": 2, "F": 1, "Ne": 0}  # Hund's rule ground states
+# Hund's rule ground states
+ATOM_SPIN = {"H": 1, "He": 0, "Li": 1, "Be": 0, "B": 1, "C": 2, "N": 3, "O": 2, "F": 1, "Ne": 0}
 
 HCHAIN_SPACINGS = (1.4, 1.6, 1.8, 2.0, 2.2, 2.4)  # bohr; all pairs d1 <= d2
 HCHAIN_EXTRA_PAIRS = ((1.5, 2.5),)  # bohr; pairs with a reference energy outside the grid
@@ -156,8 +157,8 @@ _CHAKRAVORTY = "Chakravorty et al. PRA 47, 3649 (1993), as tabulated in the Ferm
 ATOM_REFERENCES: dict[str, Reference] = {
     sym: Reference(energy, "", "exact non-relativistic (estimated)", _CHAKRAVORTY, f"{sym} atom",
                    "single atom", in_energies_csv=False)
-    for sym, energy in (("Li", -7.47806), ("Be", -14.66736), ("B", -24.65391), ("C", -37.84500), ("N", -54.58920), ("O", -75.06730),
-                        ("F", -99.73390), ("Ne", -128.93760))
+    for sym, energy in (("Li", -7.47806), ("Be", -14.66736), ("B", -24.65391), ("C", -37.84500),
+                        ("N", -54.58920), ("O", -75.06730), ("F", -99.73390), ("Ne", -128.93760))
 }  # fmt: skip
 # Chains with alternating spacings d/d are equidistant chains: same reference.
 REFERENCES["H6_1.80_1.80"] = REFERENCES["H6_1.80"]

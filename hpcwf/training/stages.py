@@ -329,7 +329,9 @@ class VMCStage:
         out, rows = {}, []
         batched = jax.vmap(self.log_abs_psi, (None, 0, None))
         for s in self.systems:
-            walkers = init_walkers(batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size)
+            walkers = init_walkers(
+                batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size
+            )
             walkers = _burn(
                 self.burn_in,
                 self.root,
