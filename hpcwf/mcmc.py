@@ -1,5 +1,14 @@
 """Metropolis-Hastings sampling of |psi|^2 with Gaussian all-electron moves.
 
+Two proposals (`PROPOSALS`), both moving every electron at once:
+    "gaussian"          x' = x + s * N(0, 1): one width s (bohr) for every electron;
+    "nuclear-distance"  each electron's width s * d_i, d_i the harmonic mean of its distances
+                        to the nuclei (FermiNet's `mh_update` with atoms), so core electrons
+                        take small steps and valence electrons large ones; s is then
+                        dimensionless. The proposal is not symmetric: the acceptance carries
+                        the Hastings factor q(x | x') / q(x' | x) (Hastings, Biometrika 57, 97
+                        (1970)).
+
 State per geometry is an explicit pytree (`WalkerState`) so it can be checkpointed and moved
 between ranks; the sampler is a pure function of (params, geometry, state, key).
 """
@@ -23,7 +32,9 @@ class WalkerState:
         electrons: [n_walkers, n_el, 3], bohr (first n_up electrons are spin up).
         log_prob: log|psi|^2 of each walker under the parameters it was last evaluated with, [n_walkers].
         age: MCMC steps since the walker last moved, [n_walkers] int32.
-        step_size: Gaussian proposal width, bohr (scalar).
+        step_size: Gaussian proposal width (scalar): bohr for the "gaussian" proposal, a
+            multiple of each electron's harmonic-mean distance to the nuclei for
+            "nuclear-distance".
     """
 
     electrons: jnp.ndarray
@@ -69,16 +80,42 @@ def init_walkers(log_abs_batched: BatchedLogAbsPsi, params, geometry: GeometryDa
     )
 
 
+PROPOSALS = ("gaussian", "nuclear-distance")
+
+
+def harmonic_mean_distance(electrons: jnp.ndarray, nuclei: jnp.ndarray) -> jnp.ndarray:
+    """Per electron, 1 / mean_I (1 / |r_i - R_I|), bohr: [..., n_el, 3], [n_atoms, 3] -> [..., n_el].
+
+    Dominated by the nearest nucleus (a core electron of O at 0.1 bohr gets ~0.1 n_atoms)."""
+    dist = jnp.linalg.norm(electrons[..., :, None, :] - nuclei, axis=-1)
+    return 1.0 / jnp.mean(1.0 / jnp.maximum(dist, 1e-6), axis=-1)
+
+
+def _gaussian_log_density(x: jnp.ndarray, mean: jnp.ndarray, width: jnp.ndarray) -> jnp.ndarray:
+    """log N(x; mean, width^2 I) per walker, constants dropped: x, mean [n_w, n_el, 3],
+    width [n_w, n_el]."""
+    sq = jnp.sum((x - mean) ** 2, axis=-1)
+    return jnp.sum(-0.5 * sq / width**2 - 3.0 * jnp.log(width), axis=-1)
+
+
 def make_mcmc_sweep(
-    log_abs_batched: BatchedLogAbsPsi, n_steps: int, target_acceptance: float = 0.5, max_age: int = 20
+    log_abs_batched: BatchedLogAbsPsi,
+    n_steps: int,
+    target_acceptance: float = 0.5,
+    max_age: int = 20,
+    proposal: str = "gaussian",
 ) -> MCMCSweep:
     """Returns sweep(params, geometry, state, key) -> (state, acceptance).
 
     `log_abs_batched(params, electrons [n_w, n_el, 3], geometry) -> [n_w]`.
-    Runs `n_steps` Metropolis steps; walkers that were rejected `max_age` times in a row are
-    moved unconditionally (they are stuck in a region the current parameters no longer favour).
-    After the sweep the step size is scaled towards `target_acceptance`.
+    Runs `n_steps` Metropolis-Hastings steps with `proposal` (one of PROPOSALS); walkers that
+    were rejected `max_age` times in a row are moved unconditionally (they are stuck in a
+    region the current parameters no longer favour). After the sweep the step size is scaled
+    towards `target_acceptance`. ValueError for an unknown proposal.
     """
+    if proposal not in PROPOSALS:
+        raise ValueError(f"unknown MCMC proposal {proposal!r}; choose one of {', '.join(PROPOSALS)}")
+    scaled = proposal == "nuclear-distance"
 
     def sweep(params, geometry: GeometryData, state: WalkerState, key: jax.Array):
         # log_prob may come from older parameters: refresh once before moving.
@@ -88,12 +125,21 @@ def make_mcmc_sweep(
         def step(carry, key):
             state, accepted_total = carry
             k_move, k_accept = jax.random.split(key)
-            proposal = state.electrons + state.step_size * jax.random.normal(
-                k_move, state.electrons.shape, state.electrons.dtype
-            )
+            x = state.electrons
+            noise = jax.random.normal(k_move, x.shape, x.dtype)
+            if scaled:
+                width = state.step_size * harmonic_mean_distance(x, geometry.nuclei)
+                proposal = x + width[..., None] * noise
+                width_back = state.step_size * harmonic_mean_distance(proposal, geometry.nuclei)
+                log_hastings = _gaussian_log_density(x, proposal, width_back) - _gaussian_log_density(
+                    proposal, x, width
+                )
+            else:
+                proposal = x + state.step_size * noise
+                log_hastings = jnp.zeros(x.shape[0], x.dtype)
             log_prob_new = 2.0 * log_abs_batched(params, proposal, geometry)
             log_u = jnp.log(jax.random.uniform(k_accept, log_prob_new.shape, log_prob_new.dtype))
-            accept = (log_u < log_prob_new - state.log_prob) | (state.age >= max_age)
+            accept = (log_u < log_prob_new - state.log_prob + log_hastings) | (state.age >= max_age)
             accept = accept & jnp.isfinite(log_prob_new)
             state = state.replace(
                 electrons=jnp.where(accept[:, None, None], proposal, state.electrons),

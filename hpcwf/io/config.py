@@ -194,6 +194,8 @@ class McmcConfig:
     initial_step_size: float = _opt(0.2, gt=0.0)
     target_acceptance: float = _opt(0.5, gt=0.0, lt=1.0)
     max_age: int = _opt(20, ge=1)
+    # hpcwf.mcmc.PROPOSALS (config stays jax-free; tests/test_config.py checks they agree).
+    proposal: str = _opt("nuclear-distance", choices=("gaussian", "nuclear-distance"))
 
 
 @dataclasses.dataclass(frozen=True)

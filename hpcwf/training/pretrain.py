@@ -74,6 +74,7 @@ def make_pretrain_optimizer(model, learning_rate: float) -> OptaxOptimizer:
     return OptaxOptimizer(make_pretrain_loss(model), optax.adam(learning_rate), lambda t: learning_rate)
 
 
-def make_hf_sweep(mcmc_steps: int) -> MCMCSweep:
+def make_hf_sweep(mcmc_steps: int, proposal: str = "gaussian") -> MCMCSweep:
     """Jitted sweep(hf, geometry, walkers, key) -> (walkers, pmove) sampling |psi_HF|^2."""
-    return jax.jit(make_mcmc_sweep(jax.vmap(hf_log_abs_psi, (None, 0, None)), mcmc_steps))
+    batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
+    return jax.jit(make_mcmc_sweep(batched, mcmc_steps, proposal=proposal))

@@ -138,7 +138,7 @@ class PretrainStage:
         self.n_walkers = cfg.pretraining.batch_size or cfg.optimization.batch_size
         self.optimizer = make_pretrain_optimizer(model, cfg.pretraining.learning_rate)
         self.update = ctx.make_global_update(self.optimizer.apply)
-        self.sweep = make_hf_sweep(cfg.mcmc.steps_per_update)
+        self.sweep = make_hf_sweep(cfg.mcmc.steps_per_update, cfg.mcmc.proposal)
         self._last: tuple = ()
 
     def initial_state(self, params, electrons: dict[int, np.ndarray]) -> PretrainState:
@@ -260,9 +260,10 @@ class VMCStage:
             cfg.mcmc.target_acceptance,
             cfg.mcmc.max_age,
             o.clip_width,
+            cfg.mcmc.proposal,
         )
         self.burn_in = make_burn_in(
-            self.log_abs_psi, BURN_IN_CHUNK, cfg.mcmc.target_acceptance, cfg.mcmc.max_age
+            self.log_abs_psi, BURN_IN_CHUNK, cfg.mcmc.target_acceptance, cfg.mcmc.max_age, cfg.mcmc.proposal
         )
         self._last: tuple = ()
 
@@ -507,6 +508,7 @@ class EvaluationStage:
             cfg.mcmc.target_acceptance,
             cfg.mcmc.max_age,
             None,
+            cfg.mcmc.proposal,
         )
 
     def initial_state(self, params, geometries: dict[int, GeometryState]) -> EvaluationState:

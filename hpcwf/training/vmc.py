@@ -103,6 +103,7 @@ def make_sample_and_measure(
     target_acceptance: float,
     max_age: int,
     clip_width: float | None,
+    proposal: str = "gaussian",
 ) -> Callable:
     """Returns jitted f(params, geometry, state, key) -> (state, batch, stats): an MCMC sweep
     of the walkers of `state` (GeometryState), then their local energies.
@@ -117,7 +118,7 @@ def make_sample_and_measure(
     pmove, step_size (bohr), n_nonfinite (walkers with a non-finite E_L).
     """
     batched = jax.vmap(log_abs_psi, (None, 0, None))
-    sweep = make_mcmc_sweep(batched, mcmc_steps, target_acceptance, max_age)
+    sweep = make_mcmc_sweep(batched, mcmc_steps, target_acceptance, max_age, proposal)
     energies_fn = jax.vmap(local_energy, (None, 0, None))
 
     @jax.jit
@@ -148,8 +149,10 @@ def make_sample_and_measure(
     return sample_and_measure
 
 
-def make_burn_in(log_abs_psi: Callable, mcmc_steps: int, target_acceptance: float, max_age: int):
+def make_burn_in(
+    log_abs_psi: Callable, mcmc_steps: int, target_acceptance: float, max_age: int, proposal: str = "gaussian"
+):
     """Jitted f(params, geometry, walkers, key) -> walkers: `mcmc_steps` steps, adapting step size."""
     batched = jax.vmap(log_abs_psi, (None, 0, None))
-    sweep = make_mcmc_sweep(batched, mcmc_steps, target_acceptance, max_age)
+    sweep = make_mcmc_sweep(batched, mcmc_steps, target_acceptance, max_age, proposal)
     return jax.jit(lambda params, geometry, walkers, key: sweep(params, geometry, walkers, key)[0])
