@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import hpcwf  # noqa: F401  (process defaults before the JAX backend starts)
-from hpcwf.mcmc import PROPOSALS, initial_electrons, init_walkers, make_mcmc_sweep
+from hpcwf.mcmc import PROPOSALS, init_walkers, initial_electrons, make_mcmc_sweep
 from hpcwf.model.geometry import geometry_data
 from hpcwf.systems.hartree_fock import run_hartree_fock
 from hpcwf.systems.molecule import Molecule
@@ -114,7 +114,8 @@ def main() -> None:
             r = measure(atom, proposal, args.walkers, args.moves)
             print(
                 f"{atom:<4} {proposal:<17} {r['step_size']:6.3f} {r['acceptance']:5.2f} |"
-                f" {r['core_rho1']:9.3f} {r['core_rho20']:6.3f} {r['core_rho100']:6.3f} {r['core_tau']:7.1f} |"
+                f" {r['core_rho1']:9.3f} {r['core_rho20']:6.3f} {r['core_rho100']:6.3f}"
+                f" {r['core_tau']:7.1f} |"
                 f" {r['valence_rho1']:8.3f} {r['valence_rho20']:6.3f} {r['valence_rho100']:6.3f}"
                 f" {r['valence_tau']:7.1f}",
                 flush=True,
