@@ -43,7 +43,13 @@ from hpcwf.io.checkpoint import (
     save_params,
     verify_checkpoint,
 )
-from hpcwf.io.config import ConfigError, JobConfig, config_to_dict, write_resolved_config
+from hpcwf.io.config import (
+    ConfigError,
+    JobConfig,
+    config_to_dict,
+    finetune_schedule,
+    write_resolved_config,
+)
 from hpcwf.io.energy_log import EnergyLog, damage_reason
 from hpcwf.io.h5files import forced_locking_problem
 from hpcwf.io.hf_cache import HartreeFockCache
@@ -68,6 +74,7 @@ from hpcwf.training.stages import (
     PretrainStage,
     System,
     VMCStage,
+    hf_density_electrons,
 )
 from hpcwf.training.state import TrainState, read_train_state, write_train_state
 
@@ -440,6 +447,8 @@ def run_job(
             energy_log.start_pretrain()
         if init_file:
             log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
+            if finetune_schedule(cfg):
+                log(finetune_schedule(cfg))
         walkers = {
             s.index: initial_electrons(
                 np.random.default_rng([cfg.seed, s.index]),
@@ -454,8 +463,13 @@ def run_job(
         if not init_file and cfg.pretraining.steps > 0:
             pre = PretrainStage(cfg, model, systems, ctx, faults)
             pretrained = runner.run(pre, pre.initial_state(params, walkers))
-            params = pretrained.params
-            walkers = _pretraining_check(vmc, pre, pretrained, walkers, ctx, energy_log, log)
+            params, walkers = pretrained.params, pre.sampled_electrons(pretrained, walkers)
+            walkers = _start_check(vmc, params, walkers, pre.n_steps, "pretrained", ctx, energy_log, log)
+        elif init_file:
+            # A fine-tune (or evaluation) starts its walkers in the HF density, then equilibrates
+            # them under the loaded parameters and measures where it starts (step 0).
+            walkers = hf_density_electrons(cfg, systems, walkers, root, ctx)
+            walkers = _start_check(vmc, params, walkers, 0, "start", ctx, energy_log, log)
         state = vmc.place(vmc.initial_state(params, walkers))
 
     if not (init_file and cfg.init.mode == "evaluate"):
@@ -478,22 +492,23 @@ def run_job(
     return out
 
 
-def _pretraining_check(
+def _start_check(
     vmc: VMCStage,
-    pre: PretrainStage,
-    pretrained,
+    params,
     walkers: dict[int, np.ndarray],
+    step: int,
+    label: str,
     ctx: ParallelContext,
     energy_log: EnergyLog | None,
     log: Callable,
 ) -> dict[int, np.ndarray]:
-    """The pre-trained network's energy per geometry (`VMCStage.pretrained_energies`): logged
-    to /pretrain, printed next to E_HF; returns `walkers` with the network-equilibrated
-    walkers in place (VMC starts from them). Collective (gather)."""
-    sampled = pre.sampled_electrons(pretrained, walkers)
-    equilibrated, rows = vmc.pretrained_energies(pretrained.params, sampled, pre.n_steps)
+    """The energy VMC starts from, per geometry (`VMCStage.start_energies`): logged as
+    /pretrain check rows at `step`, printed next to E_HF as `label`; returns `walkers` with
+    the network-equilibrated walkers in place (VMC starts from them). Collective (gather)."""
+    walkers = {i: w.copy() for i, w in walkers.items()}
+    equilibrated, rows = vmc.start_energies(params, walkers, step)
     for i, electrons in equilibrated.items():
-        sampled[i][: electrons.shape[0]] = electrons
+        walkers[i][: electrons.shape[0]] = electrons
     hf_energy = {s.index: s.hf.energy for s in vmc.systems}
     gathered = ctx.gather((rows, hf_energy))
     if ctx.is_root:
@@ -504,11 +519,11 @@ def _pretraining_check(
             energy_log.append_pretrain(**r)
             i = r["geometry"]
             log(
-                f"pretrained {pre.cfg.geometries[i].name:<16} E = {r['energy']:.4f} +- {error:.4f} Ha  "
+                f"{label} {vmc.cfg.geometries[i].name:<16} E = {r['energy']:.4f} +- {error:.4f} Ha  "
                 f"var {r['variance']:.3g} Ha^2  (E_HF {e_hf[i]:.4f} Ha, "
                 f"{1e3 * (r['energy'] - e_hf[i]):+.0f} mHa)"
             )
-    return sampled
+    return walkers
 
 
 def _checked_init_checkpoint(cfg: JobConfig, log: Callable) -> Path:

@@ -139,9 +139,16 @@ def test_two_geometry_job_trains_and_evaluates(h2_run):
         assert np.all(ev["autocorrelation_time_lower_bound"][:] > 0)
         # HF pre-training: one row per step with its geometry's loss (round-robin 0, 1, 0, ...).
         pre = f["pretrain"]
-        np.testing.assert_array_equal(pre["step"][:], np.arange(10))
-        np.testing.assert_array_equal(pre["geometry"][:], np.arange(10) % 2)
-        assert np.all(np.isfinite(pre["loss"][:])) and np.all(pre["loss"][:] > 0)
+        np.testing.assert_array_equal(pre["step"][:10], np.arange(10))
+        np.testing.assert_array_equal(pre["geometry"][:10], np.arange(10) % 2)
+        assert np.all(np.isfinite(pre["loss"][:10])) and np.all(pre["loss"][:10] > 0)
+        assert np.all(np.isnan(pre["energy"][:10]))
+        # Then the end-of-pre-training check: one row per geometry, the network's own E_L.
+        np.testing.assert_array_equal(pre["step"][10:], [10, 10])
+        np.testing.assert_array_equal(pre["geometry"][10:], [0, 1])
+        assert np.all(np.isnan(pre["loss"][10:]))
+        assert np.all(np.isfinite(pre["energy"][10:])) and np.all(pre["variance"][10:] > 0)
+    assert "pretrained H2_a" in proc.stdout and "E_HF" in proc.stdout
     assert (run / "config.toml").exists()
     assert (run / "checkpoints" / "params.h5").exists()
     assert (run / "hf_cache.h5").exists()
@@ -217,14 +224,23 @@ def test_finetune_from_checkpoint_and_shared_hf_cache(h2_run, tmp_path):
         [sys.executable, "-m", "hpcwf", "run", str(tmp_path / "a.toml")], capture_output=True, text=True
     )
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "pretrain" not in first.stdout and "computed" in first.stdout
+    assert "pretrain " not in first.stdout and "computed" in first.stdout
     with h5py.File(tmp_path / "a" / "energies.h5", "r") as f:
         lr = f["train/learning_rate"][:]
-    # lr(t) = lr0 * 0.2 / (1 + (t + 32000) / t0): fine-tuning defaults of [init] on the default
-    # preset's lr0 and t0.
+        start = f["pretrain"]
+        # The step-0 energy of the loaded parameters, equilibrated from the HF density.
+        np.testing.assert_array_equal(start["step"][:], [0])
+        assert np.all(np.isfinite(start["energy"][:])) and np.all(np.isnan(start["loss"][:]))
+    assert "start H2_c" in first.stdout
+    # lr(t) = lr0 / (1 + (t + 32000) / t0): the schedule offset is the one reduction (METHOD
+    # 2.3; [init] lr_factor 1 by default), on the default preset's lr0 and t0 - and the run
+    # prints and writes that resolved schedule.
     o = OptimizationConfig()
-    expected = [o.learning_rate * 0.2 / (1 + (t + 32000) / o.lr_decay_steps) for t in range(3)]
+    expected = [o.learning_rate / (1 + (t + 32000) / o.lr_decay_steps) for t in range(3)]
     np.testing.assert_allclose(lr, expected, rtol=1e-5)
+    lr0 = f"lr(0) = {expected[0]:.4g}"
+    assert lr0 in first.stdout
+    assert lr0 in (tmp_path / "a" / "config.toml").read_text()
     second = subprocess.run(
         [sys.executable, "-m", "hpcwf", "run", str(tmp_path / "b.toml")], capture_output=True, text=True
     )

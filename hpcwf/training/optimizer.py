@@ -63,8 +63,10 @@ class ScheduleSettings:
     @classmethod
     def from_config(cls, o: OptimizationConfig, init: InitConfig | None = None) -> ScheduleSettings:
         """The settings of `[optimization]` `o`; with `init` (fine-tuning from a checkpoint,
-        METHOD 2.3) the lr is multiplied by init.lr_factor, the schedule offset is
-        init.lr_offset and the damping is constant init.damping."""
+        METHOD 2.3) the schedule offset is init.lr_offset (the paper's one lr reduction:
+        32000 steps into a 6000-step decay, 6.3x), the lr is multiplied by init.lr_factor
+        (1 by default) and the damping is constant init.damping
+        (hpcwf.io.config.finetune_schedule prints the result)."""
         fields = {f.name: getattr(o, f.name) for f in dataclasses.fields(cls)}
         if init is not None:
             fields.update(

@@ -63,7 +63,8 @@ from hpcwf.training.vmc import (
     STAGE_EVAL,
     STAGE_EVAL_BURN_IN,
     STAGE_PRETRAIN_CHECK,
-) = range(7)
+    STAGE_HF_START,
+) = range(8)
 BURN_IN_CHUNK = 10  # MCMC steps between step-size adaptations during burn-in
 # The optimizer's log columns of a step without an update (NaN).
 _NO_UPDATE = log_schema.missing_values("train", "update")
@@ -220,6 +221,30 @@ class PretrainStage:
         return sampled
 
 
+HF_START_MOVES = 500  # moves in |psi_HF|^2 before a fine-tune's walkers meet the network
+
+
+def hf_density_electrons(
+    cfg: JobConfig, systems: list[System], electrons: dict[int, np.ndarray], root, ctx: ParallelContext
+) -> dict[int, np.ndarray]:
+    """`electrons` [n_walkers, n_el, 3] per geometry index moved HF_START_MOVES Metropolis
+    steps in the HF density |psi_HF|^2 of each of this rank's `systems` (the sampler of HF
+    pre-training, cheap: no network): where a fine-tune's walkers start, as a scratch run's
+    start after pre-training. No collective."""
+    sweep = make_hf_sweep(BURN_IN_CHUNK, cfg.mcmc.proposal)
+    batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
+    out = {}
+    for s in systems:
+        walkers = init_walkers(batched, s.hf_orbitals, s.data, electrons[s.index], cfg.mcmc.initial_step_size)
+        walkers = place_walkers(ctx, walkers)
+        for chunk in range(HF_START_MOVES // BURN_IN_CHUNK):
+            walkers, _ = sweep(
+                s.hf_orbitals, s.data, walkers, geometry_key(root, STAGE_HF_START, chunk, s.index)
+            )
+        out[s.index] = np.asarray(walkers.electrons)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # VMC optimization.
 
@@ -318,11 +343,11 @@ class VMCStage:
             geometries={i: place_walkers(self.ctx, g) for i, g in state.geometries.items()},
         )
 
-    def pretrained_energies(
+    def start_energies(
         self, params, electrons: dict[int, np.ndarray], n_steps: int, sweeps: int = PRETRAIN_CHECK_SWEEPS
     ) -> tuple[dict[int, np.ndarray], list[dict]]:
-        """Where HF pre-training left the network, per geometry of this rank: walkers from
-        `electrons` [n_walkers, n_el, 3] (the HF distribution) burned in under `params`
+        """Where VMC starts (after HF pre-training, or loaded for fine-tuning), per geometry of
+        this rank: walkers from `electrons` [n_walkers, n_el, 3] (the HF density) burned in under `params`
         ([mcmc] burn_in_steps), then `sweeps` sweeps of the VMC step's own sampler (no update)
         with E_L after each. Returns ({index: equilibrated electrons}, one `pretrain` row per
         geometry: step = n_steps, energy = mean E_L over all sweeps (Ha), variance (Ha^2),
