@@ -39,17 +39,26 @@ _STORAGE_ERRNOS = frozenset(
 )
 
 
-def _run(args) -> int:
+def _selected_job(args):
+    """The job of `run`/`check` with --output-dir and --group-index applied, in that order:
+    an array task K of a job run with --output-dir D writes into D/<group K>, not all tasks
+    into D."""
     import dataclasses
 
-    from hpcwf.analysis.report import format_table, geometry_results
     from hpcwf.io.config import load_job, select_group
 
     cfg = load_job(args.job)
-    if args.group_index is not None:
-        cfg = select_group(cfg, args.group_index)
     if args.output_dir:
         cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir))
+    if args.group_index is not None:
+        cfg = select_group(cfg, args.group_index)
+    return cfg
+
+
+def _run(args) -> int:
+    from hpcwf.analysis.report import format_table, geometry_results
+
+    cfg = _selected_job(args)
     from hpcwf.workflow import run_job  # jax is imported only now, after the input is valid
 
     out = run_job(cfg, restart=args.restart)
@@ -59,11 +68,9 @@ def _run(args) -> int:
 
 
 def _check(args) -> int:
-    from hpcwf.io.config import geometry_groups, load_job, select_group
+    from hpcwf.io.config import geometry_groups
 
-    cfg = load_job(args.job)
-    if args.group_index is not None:
-        cfg = select_group(cfg, args.group_index)
+    cfg = _selected_job(args)
     if args.run_dir:
         print(cfg.output.dir)
         return 0
@@ -116,6 +123,21 @@ def _compare(args) -> int:
     return 0
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The job file and the options of `hpcwf run` (shared with `hpcwf check`)."""
+    parser.add_argument("job", help="job TOML file")
+    parser.add_argument("--output-dir", help="override [output] dir")
+    parser.add_argument(
+        "--restart", metavar="CKPT", help="resume from this checkpoint (default: newest valid)"
+    )
+    parser.add_argument(
+        "--group-index",
+        type=int,
+        metavar="K",
+        help="only the K-th geometry group (see `hpcwf groups`), into <output dir>/<group>",
+    )
+
+
 def _add_format_options(parser: argparse.ArgumentParser) -> None:
     """--json | --csv (default: a text table)."""
     fmt = parser.add_mutually_exclusive_group()
@@ -142,21 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hpcwf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a job (HF, pre-training, VMC, evaluation)")
-    p_run.add_argument("job", help="job TOML file")
-    p_run.add_argument("--output-dir", help="override [output] dir")
-    p_run.add_argument(
-        "--restart", metavar="CKPT", help="resume from this checkpoint (default: newest valid)"
-    )
-    p_run.add_argument(
-        "--group-index",
-        type=int,
-        metavar="K",
-        help="run only the K-th geometry group (see `hpcwf groups`), into <output dir>/<group>",
-    )
+    _add_run_options(p_run)
     p_run.set_defaults(func=_run)
+    # check takes run's options, so `hpcwf check JOB [run options] --run-dir` names the run dir
+    # that `hpcwf run JOB [run options]` writes (the slurm/ scripts rely on it).
     p_ck = sub.add_parser("check", help="validate a job file (no jax, nothing written) and summarize it")
-    p_ck.add_argument("job", help="job TOML file")
-    p_ck.add_argument("--group-index", type=int, metavar="K", help="check the job of group K only")
+    _add_run_options(p_ck)
     p_ck.add_argument("--run-dir", action="store_true", help="print only the run directory")
     p_ck.set_defaults(func=_check)
     p_gr = sub.add_parser("groups", help="list a job's geometry groups (tasks of a job array)")
