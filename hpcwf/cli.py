@@ -160,7 +160,17 @@ def _inspect(args) -> int:
     return 0
 
 
+def _line_buffered_stdout() -> None:
+    """Every line of stdout reaches its file when printed. Redirected to a file (SLURM's .out)
+    Python buffers stdout in 8 KiB blocks: a run's progress lines showed up in chunks, long
+    after they were printed, and a kill (OOM, time limit) lost the last ones."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a replaced sys.stdout
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _line_buffered_stdout()
     parser = argparse.ArgumentParser(prog="hpcwf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a job (HF, pre-training, VMC, evaluation)")
