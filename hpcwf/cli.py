@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 
 from hpcwf.errors import (
@@ -32,6 +33,7 @@ from hpcwf.errors import (
     RunInterruptedError,
     StorageError,
 )
+from hpcwf.signals import StopFlag
 
 # errno values of a full disk, an exhausted quota and a file size limit (RLIMIT_FSIZE).
 _STORAGE_ERRNOS = frozenset(
@@ -61,7 +63,7 @@ def _run(args) -> int:
     cfg = _selected_job(args)
     from hpcwf.workflow import run_job  # jax is imported only now, after the input is valid
 
-    out = run_job(cfg, restart=args.restart)
+    out = run_job(cfg, restart=args.restart, stop=args.stop)
     if _rank() == 0:
         print(format_table(geometry_results(out)))
     return 0
@@ -148,13 +150,18 @@ def _add_format_options(parser: argparse.ArgumentParser) -> None:
 def _inspect(args) -> int:
     import json
 
-    from hpcwf.io.checkpoint import read_checkpoint_summary
+    from hpcwf.io.checkpoint import FORMAT_PARAMS, read_checkpoint_summary
 
     summary = read_checkpoint_summary(args.checkpoint)
+    if summary.get("format") == FORMAT_PARAMS:
+        # A parameter file (checkpoints/params.h5, a documented output) has no checksum to
+        # verify: nothing is wrong with it.
+        del summary["checksum_ok"], summary["checksum_error"]
+        summary["checksum"] = "none (parameter file)"
     for key, value in summary.items():
         text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
         print(f"{key:<16} {text}")
-    if not summary.get("checksum_ok"):
+    if summary.get("format") != FORMAT_PARAMS and not summary.get("checksum_ok"):
         print(f"error: {args.checkpoint}: checksum: {summary.get('checksum_error')}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
@@ -202,8 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     p_in.add_argument("checkpoint")
     p_in.set_defaults(func=_inspect)
     args = parser.parse_args(argv)
+    # `run` handles stop signals from here on, before jax is imported (hpcwf.signals): a
+    # signal during start-up or HF exits 75 with one line instead of dying of SIGUSR1's
+    # default action, and Ctrl-C is a stop like SIGTERM.
+    args.stop = StopFlag().install() if args.command == "run" else None
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`hpcwf analyze RUN | head`): end quietly, as `cat` does. Point
+        # stdout at /dev/null so that the flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT  # Ctrl-C outside `run` (which handles it): no traceback
     except InputError as err:
         return _collective_exit(f"error: {err}", EXIT_BAD_INPUT)
     except RunInterruptedError as err:

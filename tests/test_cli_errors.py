@@ -174,3 +174,40 @@ def test_output_dir_of_an_array_task_is_applied_per_group(tmp_path):
         assert proc.returncode == 0, proc.stderr
         dirs.append(proc.stdout.strip())
     assert dirs == [str(Path("D") / "a"), str(Path("D") / "b")]
+
+
+def test_inspect_a_parameter_file_is_not_an_error(tmp_path):
+    """checkpoints/params.h5 is a documented output without a checksum: `inspect` says so and
+    exits 0 (before: `error: ... checksum`, exit 2)."""
+    import numpy as np
+
+    from hpcwf.io.checkpoint import save_params
+
+    path = tmp_path / "params.h5"
+    save_params(path, {"layer": {"w": np.ones((2, 3), np.float32)}}, {"model_size": "S"})
+    command = [sys.executable, "-m", "hpcwf", "inspect", str(path)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "checksum         none (parameter file)" in proc.stdout.splitlines()
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`hpcwf analyze RUN | head`: the reader is gone before hpcwf writes (its end of the pipe
+    is closed at once), so every write fails with EPIPE: no BrokenPipeError traceback, exit
+    128 + SIGPIPE as for any Unix tool."""
+    from hpcwf.io.energy_log import EnergyLog
+    from hpcwf.systems.molecule import Molecule
+
+    h2 = Molecule.create("H2", [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]])
+    EnergyLog(tmp_path / "energies.h5", [h2]).flush()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcwf", "analyze", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == ""
