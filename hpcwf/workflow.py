@@ -38,6 +38,7 @@ from hpcwf.io.checkpoint import (
     list_checkpoints,
     load_params,
     read_checkpoint_config,
+    read_checkpoint_summary,
     remove_stale_temporaries,
     resolve_init_checkpoint,
     save_params,
@@ -47,6 +48,7 @@ from hpcwf.io.config import ConfigError, JobConfig, config_to_dict, write_resolv
 from hpcwf.io.energy_log import EnergyLog, damage_reason
 from hpcwf.io.h5files import forced_locking_problem
 from hpcwf.io.hf_cache import HartreeFockCache
+from hpcwf.io.progress import PROGRESS_FILE, RunProgress
 from hpcwf.mcmc import initial_electrons
 from hpcwf.model.geometry import geometry_data
 from hpcwf.model.registry import molecule_shape
@@ -89,6 +91,7 @@ def prepare_systems(
     log: Callable,
     ctx: ParallelContext,
     faults: FaultInjection | None = None,
+    progress: RunProgress | None = None,
 ) -> list[System]:
     """HF and device arrays for the geometries `indices` (this rank's shard).
 
@@ -102,7 +105,8 @@ def prepare_systems(
     basis, elements = cfg.hartree_fock.basis, cfg.hartree_fock.elements
     results, computed, lines = {}, {}, {}
     faults = faults or FaultInjection()
-    with cache.incremental() as store:
+    on_stored = None if progress is None else (lambda n: progress.update(hf_stored=n))
+    with cache.incremental(on_stored=on_stored) as store:
         faults.hf_progress(0)
         for i in indices:
             mol = cfg.geometries[i]
@@ -439,6 +443,14 @@ def _run_job(
         for tmp in remove_stale_temporaries(ckpt_dir):
             log(f"removed {tmp}: a checkpoint write cut short by a kill")
         write_resolved_config(cfg, out / "config.toml")
+        progress = RunProgress(out / PROGRESS_FILE)
+        if resume_path is not None:
+            step = read_checkpoint_summary(resume_path)["step"]
+            progress.update(resumed_from=int(step), checkpoint=str(resume_path.absolute()))
+        else:
+            progress.update()
+    else:
+        progress = None
     if ctx.size > 1:
         log(f"parallel: {ctx.size} ranks x {ctx.n_local_devices} devices; geometries per rank:")
         for rank, shard in enumerate(shards):
@@ -448,7 +460,7 @@ def _run_job(
     faults = FaultInjection.from_environment()
     stop.phase = "Hartree-Fock (the geometries finished so far are stored in the HF cache and reused)"
     systems = prepare_systems(
-        cfg, my_indices, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log, ctx, faults
+        cfg, my_indices, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log, ctx, faults, progress
     )
     stop.phase = "start-up"
     log(
@@ -495,7 +507,7 @@ def _run_job(
         state = runner.run(
             vmc,
             state,
-            checkpoint=lambda st: save_train_state(st, cfg, ctx, ckpt_dir, log, faults),
+            checkpoint=lambda st: _saved(save_train_state(st, cfg, ctx, ckpt_dir, log, faults), st, progress),
             every_steps=cfg.checkpoint.every_steps,
             every_minutes=cfg.checkpoint.every_minutes,
         )
@@ -509,6 +521,13 @@ def _run_job(
             energy_log.write_evaluation(results, len(cfg.geometries), cfg.evaluation.steps)
     ctx.barrier()  # no rank reports success before rank 0 has written everything
     return out
+
+
+def _saved(path: Path, state: TrainState, progress: RunProgress | None) -> Path:
+    """Records a checkpoint just written in the progress file (rank 0); returns its path."""
+    if progress is not None:
+        progress.update(checkpoint_step=int(state.step), checkpoint=str(path.absolute()))
+    return path
 
 
 def _checked_init_checkpoint(cfg: JobConfig, log: Callable) -> Path:

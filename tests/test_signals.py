@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from hpcwf.io.checkpoint import list_checkpoints, verify_checkpoint
 from hpcwf.io.config import load_job
@@ -123,6 +124,9 @@ def test_ctrl_c_in_vmc_checkpoints_and_exits_75_with_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [expected]
     assert list_checkpoints(ckpt.parent) == [ckpt]
     verify_checkpoint(ckpt)
+    # What slurm/run-hpcwf.sh reads to decide the requeue (issue 21, item 6).
+    progress = tomllib.loads((tmp_path / "run" / "progress.toml").read_text())
+    assert progress == {"resumed_from": 0, "checkpoint_step": 3, "checkpoint": str(ckpt), "hf_stored": 1}
 
 
 def test_a_second_ctrl_c_exits_at_once():

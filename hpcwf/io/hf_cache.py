@@ -167,9 +167,11 @@ class HartreeFockCache:
                 g.attrs["format_version"] = CACHE_FORMAT_VERSION
                 g.attrs["complete"] = True  # what readers of in-place written older files check
 
-    def incremental(self, max_overhead: float = STORE_OVERHEAD) -> IncrementalStore:
+    def incremental(
+        self, max_overhead: float = STORE_OVERHEAD, on_stored: Callable[[int], None] | None = None
+    ) -> IncrementalStore:
         """A context that stores results as they are computed (`IncrementalStore`)."""
-        return IncrementalStore(self, max_overhead)
+        return IncrementalStore(self, max_overhead, on_stored)
 
     def _readable_or_moved_aside(self) -> bool:
         """True if the file exists and opens; a file that does not open is moved aside."""
@@ -217,7 +219,8 @@ class IncrementalStore:
 
     Each store writes a new version of the whole file, so a result is stored at once unless
     the stores so far took more than `max_overhead` of the HF time; then results collect and
-    go with a later one. Leaving the context stores what is pending, also on an exception
+    go with a later one. `on_stored(n)` is called after each store with the number stored so
+    far (the run's progress file). Leaving the context stores what is pending, also on an exception
     (a stop, an SCF that fails); a store that fails then (a full disk) is only warned about,
     so that the exception in flight is the one reported.
 
@@ -226,8 +229,13 @@ class IncrementalStore:
                 store.add(mol, basis, elements, cache.compute(mol, basis, elements), seconds)
     """
 
-    def __init__(self, cache: HartreeFockCache, max_overhead: float = STORE_OVERHEAD):
-        self.cache, self.max_overhead = cache, max_overhead
+    def __init__(
+        self,
+        cache: HartreeFockCache,
+        max_overhead: float = STORE_OVERHEAD,
+        on_stored: Callable[[int], None] | None = None,
+    ):
+        self.cache, self.max_overhead, self.on_stored = cache, max_overhead, on_stored
         self.pending: list[tuple[Molecule, str, Sequence[str], HartreeFockResult]] = []
         self.compute_seconds = self.store_seconds = 0.0
         self.n_stored = 0
@@ -255,6 +263,8 @@ class IncrementalStore:
         self.n_stored += len(self.pending)
         self.pending = []
         self.store_seconds += time.perf_counter() - t0
+        if self.on_stored is not None:
+            self.on_stored(self.n_stored)
 
     def __enter__(self) -> IncrementalStore:
         return self
