@@ -147,3 +147,27 @@ print("survived")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130, proc.stderr
     assert proc.stdout == "first\n" and proc.stderr == ""
+
+
+def test_a_stop_during_start_up_exits_75_with_one_line(tmp_path):
+    """SIGUSR1 as `hpcwf run` begins, before jax is imported: one `interrupted:` line naming
+    start-up, exit 75, nothing written (before: killed by SIGUSR1's default action, exit 138,
+    which the sbatch scripts logged as a failure)."""
+    job = _job(tmp_path, n_geometries=1)
+    code = f"""
+import os, signal, sys
+from hpcwf import cli
+run = cli._run
+def signalled_run(args):
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return run(args)
+cli._run = signalled_run
+sys.exit(cli.main(["run", {str(job)!r}]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        "interrupted: stopped by SIGUSR1 during start-up, before any new training step: nothing new "
+        "to checkpoint; run the same job again to continue"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.toml"]
