@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 
 from hpcwf.errors import (
@@ -32,6 +33,7 @@ from hpcwf.errors import (
     RunInterruptedError,
     StorageError,
 )
+from hpcwf.signals import StopFlag
 
 # errno values of a full disk, an exhausted quota and a file size limit (RLIMIT_FSIZE).
 _STORAGE_ERRNOS = frozenset(
@@ -39,31 +41,38 @@ _STORAGE_ERRNOS = frozenset(
 )
 
 
-def _run(args) -> int:
+def _selected_job(args):
+    """The job of `run`/`check` with --output-dir and --group-index applied, in that order:
+    an array task K of a job run with --output-dir D writes into D/<group K>, not all tasks
+    into D."""
     import dataclasses
 
-    from hpcwf.analysis.report import format_table, geometry_results
     from hpcwf.io.config import load_job, select_group
 
     cfg = load_job(args.job)
-    if args.group_index is not None:
-        cfg = select_group(cfg, args.group_index)
     if args.output_dir:
         cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir))
+    if args.group_index is not None:
+        cfg = select_group(cfg, args.group_index)
+    return cfg
+
+
+def _run(args) -> int:
+    from hpcwf.analysis.report import format_table, geometry_results
+
+    cfg = _selected_job(args)
     from hpcwf.workflow import run_job  # jax is imported only now, after the input is valid
 
-    out = run_job(cfg, restart=args.restart)
+    out = run_job(cfg, restart=args.restart, stop=args.stop)
     if _rank() == 0:
         print(format_table(geometry_results(out)))
     return 0
 
 
 def _check(args) -> int:
-    from hpcwf.io.config import geometry_groups, load_job, select_group
+    from hpcwf.io.config import geometry_groups
 
-    cfg = load_job(args.job)
-    if args.group_index is not None:
-        cfg = select_group(cfg, args.group_index)
+    cfg = _selected_job(args)
     if args.run_dir:
         print(cfg.output.dir)
         return 0
@@ -116,6 +125,21 @@ def _compare(args) -> int:
     return 0
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The job file and the options of `hpcwf run` (shared with `hpcwf check`)."""
+    parser.add_argument("job", help="job TOML file")
+    parser.add_argument("--output-dir", help="override [output] dir")
+    parser.add_argument(
+        "--restart", metavar="CKPT", help="resume from this checkpoint (default: newest valid)"
+    )
+    parser.add_argument(
+        "--group-index",
+        type=int,
+        metavar="K",
+        help="only the K-th geometry group (see `hpcwf groups`), into <output dir>/<group>",
+    )
+
+
 def _add_format_options(parser: argparse.ArgumentParser) -> None:
     """--json | --csv (default: a text table)."""
     fmt = parser.add_mutually_exclusive_group()
@@ -126,37 +150,43 @@ def _add_format_options(parser: argparse.ArgumentParser) -> None:
 def _inspect(args) -> int:
     import json
 
-    from hpcwf.io.checkpoint import read_checkpoint_summary
+    from hpcwf.io.checkpoint import FORMAT_PARAMS, read_checkpoint_summary
 
     summary = read_checkpoint_summary(args.checkpoint)
+    if summary.get("format") == FORMAT_PARAMS:
+        # A parameter file (checkpoints/params.h5, a documented output) has no checksum to
+        # verify: nothing is wrong with it.
+        del summary["checksum_ok"], summary["checksum_error"]
+        summary["checksum"] = "none (parameter file)"
     for key, value in summary.items():
         text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
         print(f"{key:<16} {text}")
-    if not summary.get("checksum_ok"):
+    if summary.get("format") != FORMAT_PARAMS and not summary.get("checksum_ok"):
         print(f"error: {args.checkpoint}: checksum: {summary.get('checksum_error')}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
 
+def _line_buffered_stdout() -> None:
+    """Every line of stdout reaches its file when printed. Redirected to a file (SLURM's .out)
+    Python buffers stdout in 8 KiB blocks: a run's progress lines showed up in chunks, long
+    after they were printed, and a kill (OOM, time limit) lost the last ones."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent on a replaced sys.stdout
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _line_buffered_stdout()
     parser = argparse.ArgumentParser(prog="hpcwf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run a job (HF, pre-training, VMC, evaluation)")
-    p_run.add_argument("job", help="job TOML file")
-    p_run.add_argument("--output-dir", help="override [output] dir")
-    p_run.add_argument(
-        "--restart", metavar="CKPT", help="resume from this checkpoint (default: newest valid)"
-    )
-    p_run.add_argument(
-        "--group-index",
-        type=int,
-        metavar="K",
-        help="run only the K-th geometry group (see `hpcwf groups`), into <output dir>/<group>",
-    )
+    _add_run_options(p_run)
     p_run.set_defaults(func=_run)
+    # check takes run's options, so `hpcwf check JOB [run options] --run-dir` names the run dir
+    # that `hpcwf run JOB [run options]` writes (the slurm/ scripts rely on it).
     p_ck = sub.add_parser("check", help="validate a job file (no jax, nothing written) and summarize it")
-    p_ck.add_argument("job", help="job TOML file")
-    p_ck.add_argument("--group-index", type=int, metavar="K", help="check the job of group K only")
+    _add_run_options(p_ck)
     p_ck.add_argument("--run-dir", action="store_true", help="print only the run directory")
     p_ck.set_defaults(func=_check)
     p_gr = sub.add_parser("groups", help="list a job's geometry groups (tasks of a job array)")
@@ -179,8 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     p_in.add_argument("checkpoint")
     p_in.set_defaults(func=_inspect)
     args = parser.parse_args(argv)
+    # `run` handles stop signals from here on, before jax is imported (hpcwf.signals): a
+    # signal during start-up or HF exits 75 with one line instead of dying of SIGUSR1's
+    # default action, and Ctrl-C is a stop like SIGTERM.
+    args.stop = StopFlag().install() if args.command == "run" else None
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`hpcwf analyze RUN | head`): end quietly, as `cat` does. Point
+        # stdout at /dev/null so that the flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT  # Ctrl-C outside `run` (which handles it): no traceback
     except InputError as err:
         return _collective_exit(f"error: {err}", EXIT_BAD_INPUT)
     except RunInterruptedError as err:

@@ -29,10 +29,14 @@ class FaultInjection:
     HPCWF_TEST_CHECKPOINT_SIGNAL  "SIGTERM@6": rank 0 sends itself that signal while writing the
                               checkpoint of step 6, after its bytes and before the rename (as a
                               scancel or a kill would hit a write in progress).
+    HPCWF_TEST_HF_SIGNAL      "SIGUSR1@1": every rank sends itself that signal once that many
+                              geometries of its shard have finished HF (0: as its HF starts),
+                              as SLURM's warning signal would arrive in the middle of HF.
     """
 
     poison: tuple[tuple[str, int, int], ...] = ()  # (stage, first step, last step)
     checkpoint_signal: tuple[int, int] | None = None  # (signal number, step)
+    hf_signal: tuple[int, int] | None = None  # (signal number, geometries done)
 
     @classmethod
     def from_environment(cls) -> FaultInjection:
@@ -41,11 +45,16 @@ class FaultInjection:
             stage, _, steps = item.rpartition(":")
             first, _, last = steps.partition("-")
             poison.append((stage or "vmc", int(first), int(last or first)))
-        sig = None
-        if spec := os.environ.get("HPCWF_TEST_CHECKPOINT_SIGNAL", ""):
-            name, _, step = spec.partition("@")
-            sig = (int(signal.Signals[name]), int(step))
-        return cls(tuple(poison), sig)
+        return cls(
+            tuple(poison),
+            _signal_at(os.environ.get("HPCWF_TEST_CHECKPOINT_SIGNAL", "")),
+            _signal_at(os.environ.get("HPCWF_TEST_HF_SIGNAL", "")),
+        )
+
+    def hf_progress(self, n_done: int) -> None:
+        """Called with the number of this rank's geometries whose HF is done (0 at the start)."""
+        if self.hf_signal is not None and self.hf_signal[1] == n_done:
+            os.kill(os.getpid(), self.hf_signal[0])
 
     def poisons(self, stage: str, step: int, ctx: ParallelContext) -> bool:
         return ctx.rank == ctx.size - 1 and any(
@@ -56,6 +65,14 @@ class FaultInjection:
         if self.checkpoint_signal is None or self.checkpoint_signal[1] != step:
             return None
         return lambda tmp: os.kill(os.getpid(), self.checkpoint_signal[0])
+
+
+def _signal_at(spec: str) -> tuple[int, int] | None:
+    """ "SIGTERM@6" -> (signal number, 6); "" -> None."""
+    if not spec:
+        return None
+    name, _, at = spec.partition("@")
+    return int(signal.Signals[name]), int(at)
 
 
 def poisoned(params):

@@ -81,6 +81,8 @@ class Runner:
         any rank) after that checkpoint, RunDivergedError after MAX_CONSECUTIVE_REJECTED
         rolled-back steps in a row, StorageError when a checkpoint cannot be written."""
         ctx, energy_log = self.ctx, self.energy_log
+        # From here a stop signal only sets the flag, polled after every step (hpcwf.signals).
+        self.stop.cooperate()
         runner_columns = set(log_schema.names(stage.table, "runner")) if stage.table else set()
         every_seconds = 60.0 * every_minutes
         t_start = last_checkpoint = time.perf_counter()

@@ -38,6 +38,7 @@ from hpcwf.io.checkpoint import (
     list_checkpoints,
     load_params,
     read_checkpoint_config,
+    read_checkpoint_summary,
     remove_stale_temporaries,
     resolve_init_checkpoint,
     save_params,
@@ -53,6 +54,7 @@ from hpcwf.io.config import (
 from hpcwf.io.energy_log import EnergyLog, damage_reason
 from hpcwf.io.h5files import forced_locking_problem
 from hpcwf.io.hf_cache import HartreeFockCache
+from hpcwf.io.progress import PROGRESS_FILE, RunProgress
 from hpcwf.mcmc import initial_electrons
 from hpcwf.model.geometry import geometry_data
 from hpcwf.model.registry import molecule_shape
@@ -90,34 +92,48 @@ def _device_orbitals(hf: HartreeFockResult) -> HartreeFockOrbitals:
 
 
 def prepare_systems(
-    cfg: JobConfig, indices: list[int], cache_path: Path, log: Callable, ctx: ParallelContext
+    cfg: JobConfig,
+    indices: list[int],
+    cache_path: Path,
+    log: Callable,
+    ctx: ParallelContext,
+    faults: FaultInjection | None = None,
+    progress: RunProgress | None = None,
 ) -> list[System]:
     """HF and device arrays for the geometries `indices` (this rank's shard).
 
     Every rank reads the cache for its shard and runs the missing HF calculations itself (in
-    parallel over ranks); rank 0 then stores all new results, so the cache has one writer.
+    parallel over ranks), storing each result in the cache as it completes (a stop or a crash
+    in the middle of HF keeps the finished ones: `IncrementalStore`). Ranks storing at the same
+    moment can drop each other's new entries (the later rename wins), so rank 0 finally
+    stores whatever of the gathered results the cache lacks.
     """
     cache = HartreeFockCache(cache_path)
     basis, elements = cfg.hartree_fock.basis, cfg.hartree_fock.elements
     results, computed, lines = {}, {}, {}
-    for i in indices:
-        mol = cfg.geometries[i]
-        t0 = time.perf_counter()
-        hf = cache.lookup(mol, basis, elements)
-        source = "cached"
-        if hf is None:
-            hf = computed[i] = cache.compute(mol, basis, elements)
-            source = "computed"
-        results[i] = hf
-        lines[i] = (
-            f"HF  {mol.name:<16} E_HF = {hf.energy:.6f} Ha  (n_up={mol.n_up}, n_dn={mol.n_dn}, "
-            f"{source} on rank {ctx.rank}, {time.perf_counter() - t0:.1f} s)"
-        )
+    faults = faults or FaultInjection()
+    on_stored = None if progress is None else (lambda n: progress.update(hf_stored=n))
+    with cache.incremental(on_stored=on_stored) as store:
+        faults.hf_progress(0)
+        for i in indices:
+            mol = cfg.geometries[i]
+            t0 = time.perf_counter()
+            hf = cache.lookup(mol, basis, elements)
+            source = "cached"
+            if hf is None:
+                hf = computed[i] = cache.compute(mol, basis, elements)
+                store.add(mol, basis, elements, hf, time.perf_counter() - t0)
+                source = "computed"
+            results[i] = hf
+            lines[i] = (
+                f"HF  {mol.name:<16} E_HF = {hf.energy:.6f} Ha  (n_up={mol.n_up}, n_dn={mol.n_dn}, "
+                f"{source} on rank {ctx.rank}, {time.perf_counter() - t0:.1f} s)"
+            )
+            faults.hf_progress(len(results))
     gathered = ctx.gather((computed, lines))
     if ctx.is_root:
-        cache.store_many(
-            [(cfg.geometries[i], basis, elements, hf) for part, _ in gathered for i, hf in part.items()]
-        )
+        entries = [(cfg.geometries[i], basis, elements, hf) for part, _ in gathered for i, hf in part.items()]
+        cache.store_many([e for e in entries if cache.lookup(*e[:3]) is None])
         for _, part_lines in gathered:
             for i in sorted(part_lines):
                 log(part_lines[i])
@@ -358,7 +374,11 @@ def _shard(cfg: JobConfig, ctx: ParallelContext) -> list[list[int]]:
 
 
 def run_job(
-    cfg: JobConfig, log: Callable = print, restart: str | None = None, ctx: ParallelContext | None = None
+    cfg: JobConfig,
+    log: Callable = print,
+    restart: str | None = None,
+    ctx: ParallelContext | None = None,
+    stop: StopFlag | None = None,
 ) -> Path:
     """Runs a whole job on every rank of `ctx` (default: this process's MPI launch); returns
     the run directory.
@@ -366,8 +386,23 @@ def run_job(
     A run dir that already holds checkpoints of the same job is resumed from the newest valid
     one (or from `restart`); `energies.h5` is truncated to that step and appended to. Raises
     ConfigError/CheckpointError on every rank, before anything is written, when the input is
-    unusable. Only rank 0 writes files and prints.
+    unusable. Only rank 0 writes files and prints. `stop`: the process's installed stop
+    handler (`hpcwf run` installs it at start-up); without one, one is installed for the
+    job and the previous handlers are restored afterwards. A stop signal raises
+    RunInterruptedError (hpcwf.signals).
     """
+    if stop is not None:
+        return _run_job(cfg, log, restart, ctx, stop)
+    stop = StopFlag().install()
+    try:
+        return _run_job(cfg, log, restart, ctx, stop)
+    finally:
+        stop.uninstall()
+
+
+def _run_job(
+    cfg: JobConfig, log: Callable, restart: str | None, ctx: ParallelContext | None, stop: StopFlag
+) -> Path:
     ctx = ctx or init_parallel()
     if not ctx.is_root:
         log = _quiet
@@ -415,13 +450,26 @@ def run_job(
         for tmp in remove_stale_temporaries(ckpt_dir):
             log(f"removed {tmp}: a checkpoint write cut short by a kill")
         write_resolved_config(cfg, out / "config.toml")
+        progress = RunProgress(out / PROGRESS_FILE)
+        if resume_path is not None:
+            step = read_checkpoint_summary(resume_path)["step"]
+            progress.update(resumed_from=int(step), checkpoint=str(resume_path.absolute()))
+        else:
+            progress.update()
+    else:
+        progress = None
     if ctx.size > 1:
         log(f"parallel: {ctx.size} ranks x {ctx.n_local_devices} devices; geometries per rank:")
         for rank, shard in enumerate(shards):
             log(f"  rank {rank:>3}: {', '.join(cfg.geometries[i].name for i in shard)}")
     elif ctx.n_local_devices > 1:
         log(f"parallel: 1 rank x {ctx.n_local_devices} devices")
-    systems = prepare_systems(cfg, my_indices, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log, ctx)
+    faults = FaultInjection.from_environment()
+    stop.phase = "Hartree-Fock (the geometries finished so far are stored in the HF cache and reused)"
+    systems = prepare_systems(
+        cfg, my_indices, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log, ctx, faults, progress
+    )
+    stop.phase = "start-up"
     log(
         f"model: size {cfg.model.size}, {cfg.model.orbitals} orbitals, "
         f"{cfg.model.n_determinants} determinants, {count_parameters(params)} parameters"
@@ -429,8 +477,6 @@ def run_job(
     energy_log = None
     if ctx.is_root:
         energy_log = EnergyLog(out / "energies.h5", cfg.geometries)
-    stop = StopFlag().install()
-    faults = FaultInjection.from_environment()
     runner = Runner(ctx, root, log, stop, energy_log, cfg.output.print_every)
     vmc = VMCStage(cfg, model, systems, root, finetune=bool(init_file), ctx=ctx, faults=faults)
 
@@ -476,7 +522,7 @@ def run_job(
         state = runner.run(
             vmc,
             state,
-            checkpoint=lambda st: save_train_state(st, cfg, ctx, ckpt_dir, log, faults),
+            checkpoint=lambda st: _saved(save_train_state(st, cfg, ctx, ckpt_dir, log, faults), st, progress),
             every_steps=cfg.checkpoint.every_steps,
             every_minutes=cfg.checkpoint.every_minutes,
         )
@@ -524,6 +570,13 @@ def _start_check(
                 f"{1e3 * (r['energy'] - e_hf[i]):+.0f} mHa)"
             )
     return walkers
+
+
+def _saved(path: Path, state: TrainState, progress: RunProgress | None) -> Path:
+    """Records a checkpoint just written in the progress file (rank 0); returns its path."""
+    if progress is not None:
+        progress.update(checkpoint_step=int(state.step), checkpoint=str(path.absolute()))
+    return path
 
 
 def _checked_init_checkpoint(cfg: JobConfig, log: Callable) -> Path:

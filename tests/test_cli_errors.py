@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,105 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert proc.returncode == 2
     assert (run / "energies.h5").read_bytes() == b"precious"
     assert sorted(p.name for p in run.iterdir()) == ["energies.h5"]
+
+
+def _geometry(name: str, atoms: str, extra: str = "") -> str:
+    return f'[[geometry]]\nname = "{name}"\natoms = {atoms}\n{extra}'
+
+
+H2_AT = '[["H", 0.0, 0.0, 0.0], ["H", {x}, 0.0, 0.0]]'
+# Inputs that used to pass `check` and then write outside the run dir, crash after HF or hand
+# the float32 network an inf (issue 21, items 4 and 9). Each: (job text, offending key).
+UNSAFE_CASES = {
+    "coordinate_beyond_float32": (_geometry("He", '[["He", 1e39, 0.0, 0.0]]'), "geometry[0].atoms[0]"),
+    "coordinate_far_from_origin": (_geometry("He", '[["He", 0.0, 2e4, 0.0]]'), "geometry[0].atoms[0]"),
+    "bond_typo": (_geometry("H2", H2_AT.format(x="1.4e10")), "geometry[0].atoms[1]"),
+    "isolated_atom": (_geometry("H2", H2_AT.format(x="60.0")), "geometry[0].atoms[1]"),
+    "group_climbs_out": (_geometry("H2", H2_AT.format(x=1.4), 'group = "../../../X"\n'), "geometry[0].group"),
+    "group_absolute": (_geometry("H2", H2_AT.format(x=1.4), 'group = "/tmp/hpcwf-X"\n'), "geometry[0].group"),
+    "group_dotdot": (_geometry("H2", H2_AT.format(x=1.4), 'group = ".."\n'), "geometry[0].group"),
+    "name_as_group_climbs_out": (_geometry("../X", H2_AT.format(x=1.4)), "geometry[0].name"),
+    "nul_in_name": (_geometry("H2\\u0000b", H2_AT.format(x=1.4), 'group = "g"\n'), "geometry[0].name"),
+    "newline_in_group": (_geometry("H2", H2_AT.format(x=1.4), 'group = "a\\nb"\n'), "geometry[0].group"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE_CASES))
+def test_unrepresentable_geometries_and_unsafe_names_are_refused(tmp_path, case):
+    """`check --group-index 0` and `run --group-index 0` (a fine-tune array task) refuse each
+    variant in one line, exit 2, and write nothing (the run dir is deep inside tmp_path, so a
+    group that climbs out of it would still show up there)."""
+    text, key = UNSAFE_CASES[case]
+    job = tmp_path / "job.toml"
+    job.write_text(text + f'[output]\ndir = "{tmp_path / "a" / "b" / "c" / "run"}"\n')
+    for command in ("check", "run"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpcwf", command, str(job), "--group-index", "0"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {job}: {key}: "), (command, proc.stderr)
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["job.toml"]
+    assert not Path("/tmp/hpcwf-X").exists()
+
+
+def test_output_dir_of_an_array_task_is_applied_per_group(tmp_path):
+    """`--output-dir D --group-index K` runs group K in D/<group K> (before: every task in D),
+    and `check` with run's options names that dir (what the sbatch scripts ask it)."""
+    job = tmp_path / "job.toml"
+    job.write_text(
+        _geometry("H2_a", H2_AT.format(x=1.4), 'group = "a"\n')
+        + _geometry("H2_b", H2_AT.format(x=1.6), 'group = "b"\n')
+    )
+    dirs = []
+    for k in ("0", "1"):
+        options = ["--output-dir", "D", "--group-index", k, "--run-dir"]
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpcwf", "check", str(job), *options],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr
+        dirs.append(proc.stdout.strip())
+    assert dirs == [str(Path("D") / "a"), str(Path("D") / "b")]
+
+
+def test_inspect_a_parameter_file_is_not_an_error(tmp_path):
+    """checkpoints/params.h5 is a documented output without a checksum: `inspect` says so and
+    exits 0 (before: `error: ... checksum`, exit 2)."""
+    import numpy as np
+
+    from hpcwf.io.checkpoint import save_params
+
+    path = tmp_path / "params.h5"
+    save_params(path, {"layer": {"w": np.ones((2, 3), np.float32)}}, {"model_size": "S"})
+    command = [sys.executable, "-m", "hpcwf", "inspect", str(path)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "checksum         none (parameter file)" in proc.stdout.splitlines()
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`hpcwf analyze RUN | head`: the reader is gone before hpcwf writes (its end of the pipe
+    is closed at once), so every write fails with EPIPE: no BrokenPipeError traceback, exit
+    128 + SIGPIPE as for any Unix tool."""
+    from hpcwf.io.energy_log import EnergyLog
+    from hpcwf.systems.molecule import Molecule
+
+    h2 = Molecule.create("H2", [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]])
+    EnergyLog(tmp_path / "energies.h5", [h2]).flush()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcwf", "analyze", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == ""

@@ -218,3 +218,22 @@ def test_disk_full_during_a_checkpoint_write_is_a_clean_error(interrupted, tmp_p
     assert _temporaries(run) == []
     assert list_checkpoints(run / "checkpoints")[-1] == newest
     verify_checkpoint(newest)
+
+
+def test_progress_lines_reach_a_redirected_stdout_as_they_are_printed(tmp_path):
+    """stdout redirected to a file (SLURM's .out), PYTHONUNBUFFERED unset: the progress lines
+    of steps 1-4 are in the file when a SIGKILL (an OOM kill, no handler, no flush) hits the
+    step-4 checkpoint write. Before, stdout was block-buffered and the file stayed empty."""
+    job = _job(tmp_path, steps=8, every=4)
+    job.write_text(job.read_text().replace('"kfac"', '"adam"'))  # compiles faster; same runner
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCWF_TEST_") and k != "PYTHONUNBUFFERED"}
+    env["HPCWF_TEST_CHECKPOINT_SIGNAL"] = "SIGKILL@4"
+    out = tmp_path / "hpcwf.out"
+    with open(out, "w") as fh:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpcwf", "run", str(job)], stdout=fh, stderr=subprocess.PIPE, env=env
+        )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    text = out.read_text()
+    for step in range(1, 5):
+        assert f"step {step:>7}/8" in text, text

@@ -113,6 +113,11 @@ def read_run(run_dir: str | Path) -> RunData:
         raise RunDirError(f"{run_dir}: no such run directory")
     path = run_dir / ENERGIES_FILE
     if not path.is_file():
+        if (run_dir / "config.toml").is_file():  # written first, before HF: a run, just young
+            raise RunDirError(
+                f"{run_dir}: no results yet: the run has logged no step (no {ENERGIES_FILE}); it is "
+                "in start-up or Hartree-Fock, or stopped there: run the job again to continue"
+            )
         raise RunDirError(f"{run_dir}: not an hpcwf run directory (no {ENERGIES_FILE})")
     try:
         if not h5py.is_hdf5(path):

@@ -44,6 +44,10 @@ from hpcwf.systems.molecule import Molecule
 # 2: orbitals computed in the canonical frame (canonical_frame) and rotated back.
 CACHE_FORMAT_VERSION = 2
 
+# At most this share of the HF time is spent copying the cache file for incremental stores
+# (each store writes a new version of the whole file: hpcwf.io.h5files).
+STORE_OVERHEAD = 0.1
+
 # Fields stored as HDF5 datasets (everything except the scalars, which are attributes).
 _ARRAY_FIELDS = tuple(
     f.name for f in dataclasses.fields(HartreeFockResult) if f.name not in ("energy", "method")
@@ -163,6 +167,12 @@ class HartreeFockCache:
                 g.attrs["format_version"] = CACHE_FORMAT_VERSION
                 g.attrs["complete"] = True  # what readers of in-place written older files check
 
+    def incremental(
+        self, max_overhead: float = STORE_OVERHEAD, on_stored: Callable[[int], None] | None = None
+    ) -> IncrementalStore:
+        """A context that stores results as they are computed (`IncrementalStore`)."""
+        return IncrementalStore(self, max_overhead, on_stored)
+
     def _readable_or_moved_aside(self) -> bool:
         """True if the file exists and opens; a file that does not open is moved aside."""
         if not self.path.exists():
@@ -200,3 +210,72 @@ class HartreeFockCache:
         ):
             return None
         return result
+
+
+class IncrementalStore:
+    """Stores a job's HF results in the cache as they complete, so a stop signal, an OOM kill
+    or a failing SCF in the middle of a job's HF loses only the geometry in progress: a rerun
+    finds the others in the cache. (Storing once after the last geometry lost all of them.)
+
+    Each store writes a new version of the whole file, so a result is stored at once unless
+    the stores so far took more than `max_overhead` of the HF time; then results collect and
+    go with a later one. `on_stored(n)` is called after each store with the number stored so
+    far (the run's progress file). Leaving the context stores what is pending, also on an exception
+    (a stop, an SCF that fails); a store that fails then (a full disk) is only warned about,
+    so that the exception in flight is the one reported.
+
+        with cache.incremental() as store:
+            for mol in molecules:
+                store.add(mol, basis, elements, cache.compute(mol, basis, elements), seconds)
+    """
+
+    def __init__(
+        self,
+        cache: HartreeFockCache,
+        max_overhead: float = STORE_OVERHEAD,
+        on_stored: Callable[[int], None] | None = None,
+    ):
+        self.cache, self.max_overhead, self.on_stored = cache, max_overhead, on_stored
+        self.pending: list[tuple[Molecule, str, Sequence[str], HartreeFockResult]] = []
+        self.compute_seconds = self.store_seconds = 0.0
+        self.n_stored = 0
+
+    def add(
+        self,
+        molecule: Molecule,
+        basis: str,
+        elements: Sequence[str],
+        result: HartreeFockResult,
+        compute_seconds: float,
+    ) -> None:
+        """Queues a computed result; stores the queue unless that exceeds the overhead."""
+        self.pending.append((molecule, basis, tuple(elements), result))
+        self.compute_seconds += compute_seconds
+        if self.store_seconds <= self.max_overhead * self.compute_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Stores the pending results (OSError when the file cannot be written)."""
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        self.cache.store_many(self.pending)
+        self.n_stored += len(self.pending)
+        self.pending = []
+        self.store_seconds += time.perf_counter() - t0
+        if self.on_stored is not None:
+            self.on_stored(self.n_stored)
+
+    def __enter__(self) -> IncrementalStore:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.flush()
+            return
+        try:
+            self.flush()
+        except OSError as err:
+            warnings.warn(
+                f"HF cache {self.cache.path}: could not store finished results ({err})", stacklevel=2
+            )

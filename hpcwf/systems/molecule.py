@@ -6,6 +6,7 @@ Lengths are bohr everywhere inside hpcwf; conversion from angstrom happens once,
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 
 import numpy as np
 
@@ -27,6 +28,29 @@ ELEMENTS: dict[str, int] = {
 
 # Nuclei closer than this (bohr) are rejected: almost surely a unit or typing mistake.
 MIN_NUCLEAR_DISTANCE = 0.1
+# The network holds nuclear positions in float32 as given (not centred): beyond 1e4 bohr from
+# the origin float32 resolves positions only to ~1e-3 bohr (and 1e39 is inf), so such inputs
+# are refused rather than silently degraded.
+MAX_COORDINATE = 1e4
+# An atom whose nearest other nucleus is farther than this (bohr) belongs to no molecule: a
+# unit or typing mistake (1.4e10 for 1.4), or two fragments that VMC treats as one system.
+MAX_NEIGHBOUR_DISTANCE = 50.0
+
+
+def name_problem(text: str, what: str, directory: bool) -> str | None:
+    """Why `text` cannot be a geometry name or group (None if it can). Names end up in HDF5
+    strings, log lines and, for groups (`directory`), as one directory below [output] dir: no
+    control characters (HDF5 cannot store NUL), and a group must be one plain path component,
+    or `hpcwf run --group-index` would write outside the run directory."""
+    for c in text:
+        if unicodedata.category(c) == "Cc":
+            return f"{what} {text!r} holds the control character {c!r}; use printable characters"
+    if directory and ("/" in text or "\\" in text or text in (".", "..")):
+        return (
+            f"{what} {text!r} is the name of the group's run directory (<output dir>/<group>), "
+            "which must be one plain directory name: no '/' or '\\', not '.' or '..'"
+        )
+    return None
 
 
 class MoleculeError(ValueError):
@@ -106,6 +130,7 @@ class Molecule:
             xyz = xyz * ANGSTROM_TO_BOHR
         if not np.all(np.isfinite(xyz)):
             raise MoleculeError("atoms", "coordinates must be finite")
+        nearest = [(np.inf, -1)] * len(xyz)  # (distance, index) of each atom's nearest neighbour
         for i in range(len(xyz)):
             for j in range(i):
                 d = float(np.linalg.norm(xyz[i] - xyz[j]))
@@ -114,6 +139,25 @@ class Molecule:
                         f"atoms[{i}]",
                         f"overlaps atoms[{j}] (distance {d:.3g} bohr < {MIN_NUCLEAR_DISTANCE})",
                     )
+                nearest[i] = min(nearest[i], (d, j))
+                nearest[j] = min(nearest[j], (d, i))
+        for i, (d, j) in reversed(list(enumerate(nearest))):  # the later atom: the likelier typo
+            if j >= 0 and d > MAX_NEIGHBOUR_DISTANCE:
+                raise MoleculeError(
+                    f"atoms[{i}]",
+                    f"its nearest nucleus (atoms[{j}]) is {d:.3g} bohr away, more than the "
+                    f"{MAX_NEIGHBOUR_DISTANCE:g} bohr of any bond: a unit or typing mistake? (fragments "
+                    "that far apart are separate geometries)",
+                )
+        far = np.abs(xyz).max(axis=1)
+        if far.max() > MAX_COORDINATE:
+            i = int(far.argmax())
+            raise MoleculeError(
+                f"atoms[{i}]",
+                f"coordinate {far[i]:.3g} bohr is beyond {MAX_COORDINATE:g} bohr from the origin, "
+                "where the network's float32 positions lose their precision; move the molecule "
+                "to the origin",
+            )
         if isinstance(charge, bool) or not isinstance(charge, int):
             raise MoleculeError("charge", f"must be an integer, got {charge!r}")
         n_electrons = sum(ELEMENTS[s] for s in symbols) - charge
@@ -135,6 +179,14 @@ class Molecule:
             raise MoleculeError("reference_energy", "must be a number (Hartree)")
         if not isinstance(group, str):
             raise MoleculeError("group", f"must be a string, got {group!r}")
+        # A geometry without a group is a group of its own, named by its name (group_name).
+        for key, text, what in (
+            ("name", str(name), "name" if group else "name (its group's name: no group is set)"),
+            ("group", group, "group"),
+        ):
+            problem = name_problem(text, what, directory=key == "group" or not group)
+            if problem is not None:
+                raise MoleculeError(key, problem)
         if scan_coordinate is not None and (
             isinstance(scan_coordinate, bool)
             or not isinstance(scan_coordinate, (int, float))
