@@ -40,16 +40,10 @@ _STORAGE_ERRNOS = frozenset(
 
 
 def _run(args) -> int:
-    import dataclasses
-
     from hpcwf.analysis.report import format_table, geometry_results
-    from hpcwf.io.config import load_job, select_group
+    from hpcwf.io.config import load_job
 
-    cfg = load_job(args.job)
-    if args.group_index is not None:
-        cfg = select_group(cfg, args.group_index)
-    if args.output_dir:
-        cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir))
+    cfg = load_job(args.job, group_index=args.group_index, output_dir=args.output_dir)
     from hpcwf.workflow import run_job  # jax is imported only now, after the input is valid
 
     out = run_job(cfg, restart=args.restart)
@@ -59,11 +53,9 @@ def _run(args) -> int:
 
 
 def _check(args) -> int:
-    from hpcwf.io.config import geometry_groups, load_job, select_group
+    from hpcwf.io.config import geometry_groups, load_job
 
-    cfg = load_job(args.job)
-    if args.group_index is not None:
-        cfg = select_group(cfg, args.group_index)
+    cfg = load_job(args.job, group_index=args.group_index)
     if args.run_dir:
         print(cfg.output.dir)
         return 0
