@@ -274,7 +274,7 @@ def test_an_extension_never_shows_the_old_evaluation_as_its_result(evaluated, tm
     stopped by SIGUSR1 at step 7, and then finished, the step-6 evaluation stays in energies.h5
     marked stale, and analyze and the final table of `hpcwf run` show the training window of
     the extended run, flagged stale_evaluation, never the step-6 evaluation (two short runs:
-    72 s measured on 2 busy cores, load ~4)."""
+    50-72 s measured on 2 busy cores, load ~4)."""
     run = tmp_path / "run"
     shutil.copytree(evaluated, run)
     with h5py.File(run / "energies.h5", "r") as f:
@@ -303,7 +303,7 @@ def test_restart_to_an_older_checkpoint_stays_rolled_back(evaluated, tmp_path):
     checkpoints/abandoned-step3-<time>/ (one line), the log is cut at step 3 and its evaluation
     marked stale, the retention keeps the new branch's step-4 checkpoint (it deleted it while
     5 and 6 were the newest), and the next plain resume, as a requeue does it, continues the
-    new branch from step 4: one unbroken log, steps 0..5 once each (two short runs: 85 s
+    new branch from step 4: one unbroken log, steps 0..5 once each (two short runs: 51-85 s
     measured on 2 busy cores, load ~4)."""
     run = tmp_path / "run"
     shutil.copytree(evaluated, run)
