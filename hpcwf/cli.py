@@ -42,19 +42,12 @@ _STORAGE_ERRNOS = frozenset(
 
 
 def _selected_job(args):
-    """The job of `run`/`check` with --output-dir and --group-index applied, in that order:
-    an array task K of a job run with --output-dir D writes into D/<group K>, not all tasks
-    into D."""
-    import dataclasses
+    """The job of `run`/`check` as it will run: --output-dir D, then --group-index K (an
+    array task K writes into D/<group K>, not all tasks into D); `load_job` checks `[init]`
+    against that final run dir."""
+    from hpcwf.io.config import load_job
 
-    from hpcwf.io.config import load_job, select_group
-
-    cfg = load_job(args.job)
-    if args.output_dir:
-        cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=args.output_dir))
-    if args.group_index is not None:
-        cfg = select_group(cfg, args.group_index)
-    return cfg
+    return load_job(args.job, group_index=args.group_index, output_dir=getattr(args, "output_dir", None))
 
 
 def _run(args) -> int:

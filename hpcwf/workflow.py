@@ -34,14 +34,17 @@ from hpcwf.io.checkpoint import (
     apply_retention,
     checkpoint_has_optimizer_state,
     checkpoint_path,
+    checkpoint_step,
     latest_valid_checkpoint,
     list_checkpoints,
     load_params,
     read_checkpoint_config,
     read_checkpoint_summary,
+    read_training_set,
     remove_stale_temporaries,
     resolve_init_checkpoint,
     save_params,
+    set_aside_newer,
     verify_checkpoint,
 )
 from hpcwf.io.config import (
@@ -68,6 +71,7 @@ from hpcwf.parallel import ParallelContext, geometry_cost, init_parallel, shard_
 from hpcwf.runner import Runner, stage_key
 from hpcwf.signals import StopFlag
 from hpcwf.systems.hartree_fock import HartreeFockResult, descriptor_size
+from hpcwf.systems.molecule import ELEMENTS
 from hpcwf.training.pretrain import HartreeFockOrbitals
 from hpcwf.training.stages import (
     DTYPE,
@@ -99,8 +103,9 @@ def prepare_systems(
     ctx: ParallelContext,
     faults: FaultInjection | None = None,
     progress: RunProgress | None = None,
-) -> list[System]:
-    """HF and device arrays for the geometries `indices` (this rank's shard).
+) -> tuple[list[System], dict[int, float]]:
+    """HF and device arrays for the geometries `indices` (this rank's shard), and on rank 0
+    {global index: E_HF (Ha)} of every geometry ({} on the other ranks).
 
     Every rank reads the cache for its shard and runs the missing HF calculations itself (in
     parallel over ranks), storing each result in the cache as it completes (a stop or a crash
@@ -130,11 +135,15 @@ def prepare_systems(
                 f"{source} on rank {ctx.rank}, {time.perf_counter() - t0:.1f} s)"
             )
             faults.hf_progress(len(results))
-    gathered = ctx.gather((computed, lines))
+    gathered = ctx.gather((computed, lines, {i: float(results[i].energy) for i in indices}))
+    hf_energies: dict[int, float] = {}
     if ctx.is_root:
-        entries = [(cfg.geometries[i], basis, elements, hf) for part, _ in gathered for i, hf in part.items()]
+        entries = [
+            (cfg.geometries[i], basis, elements, hf) for part, _, _ in gathered for i, hf in part.items()
+        ]
         cache.store_many([e for e in entries if cache.lookup(*e[:3]) is None])
-        for _, part_lines in gathered:
+        for _, part_lines, part_energies in gathered:
+            hf_energies.update(part_energies)
             for i in sorted(part_lines):
                 log(part_lines[i])
     systems = []
@@ -142,7 +151,7 @@ def prepare_systems(
         mol, hf = cfg.geometries[i], results[i]
         data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, DTYPE, basis, elements)
         systems.append(System(i, mol.name, hf, data, _device_orbitals(hf), mol.reference_energy))
-    return systems
+    return systems, hf_energies
 
 
 def make_model(cfg: JobConfig) -> Wavefunction:
@@ -426,21 +435,31 @@ def _run_job(
 
     model = make_model(cfg)
     root = jax.random.PRNGKey(cfg.seed)
-    # A run dir names its newest valid checkpoint, chosen once, by rank 0, for every rank.
-    init_file = ctx.root_decides(
-        lambda: _init_checkpoint_of(
-            cfg,
-            lambda: _checked_init_checkpoint(cfg, log) if cfg.init.checkpoint else None,
+    # Whether the run started from an [init] checkpoint decides its schedule and stages; the
+    # file itself is read only by a fresh start: a resume continues from the run's own
+    # checkpoint, so a source deleted by its run's retention, or archived, does not matter.
+    from_init = bool(cfg.init.checkpoint)
+    init_file = None
+    outside = None  # per geometry: outside the [init] checkpoint's training set (EnergyLog)
+    if resume_path is None:
+        # A run dir names its newest valid checkpoint, chosen once, by rank 0, for every rank.
+        init_file = ctx.root_decides(
+            lambda: _init_checkpoint_of(
+                cfg, lambda: _checked_init_checkpoint(cfg, log) if from_init else None
+            )
         )
-    )
+        outside = ctx.root_decides(lambda: _init_checkpoint_of(cfg, lambda: _coverage(cfg, init_file, log)))
+    elif from_init and not Path(cfg.init.checkpoint).exists():
+        log(
+            f"warning: {cfg.job_file}: init.checkpoint: {cfg.init.checkpoint} no longer exists; "
+            f"this run resumes from its own checkpoint {resume_path}, which does not need it"
+        )
     # Parameters (and an [init] checkpoint's fit to this model) are settled on rank 0 before
     # anything is written, then broadcast, so every rank starts from the same numbers.
     params = ctx.root_decides(
         lambda: _init_checkpoint_of(
             cfg,
-            lambda: jax.device_get(
-                _initial_params(cfg, model, root, init_file if resume_path is None else None)
-            ),
+            lambda: jax.device_get(_initial_params(cfg, model, root, init_file)),
         )
     )
     params = ctx.local_replicated(params)
@@ -449,6 +468,8 @@ def _run_job(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         for tmp in remove_stale_temporaries(ckpt_dir):
             log(f"removed {tmp}: a checkpoint write cut short by a kill")
+        if restart:
+            _abandon_newer_branch(ckpt_dir, resume_path, log)
         write_resolved_config(cfg, out / "config.toml")
         progress = RunProgress(out / PROGRESS_FILE)
         if resume_path is not None:
@@ -466,7 +487,7 @@ def _run_job(
         log(f"parallel: 1 rank x {ctx.n_local_devices} devices")
     faults = FaultInjection.from_environment()
     stop.phase = "Hartree-Fock (the geometries finished so far are stored in the HF cache and reused)"
-    systems = prepare_systems(
+    systems, hf_energies = prepare_systems(
         cfg, my_indices, Path(cfg.hartree_fock.cache or out / "hf_cache.h5"), log, ctx, faults, progress
     )
     stop.phase = "start-up"
@@ -476,9 +497,14 @@ def _run_job(
     )
     energy_log = None
     if ctx.is_root:
-        energy_log = EnergyLog(out / "energies.h5", cfg.geometries)
+        energy_log = EnergyLog(
+            out / "energies.h5",
+            cfg.geometries,
+            hf_energy=[hf_energies[i] for i in range(len(cfg.geometries))],
+            outside_training_set=outside,
+        )
     runner = Runner(ctx, root, log, stop, energy_log, cfg.output.print_every)
-    vmc = VMCStage(cfg, model, systems, root, finetune=bool(init_file), ctx=ctx, faults=faults)
+    vmc = VMCStage(cfg, model, systems, root, finetune=from_init, ctx=ctx, faults=faults)
 
     if resume_path is not None:
         state = load_train_state(resume_path, vmc, params, len(cfg.geometries))
@@ -488,9 +514,8 @@ def _run_job(
     else:
         if energy_log is not None:
             # A run that died before its first checkpoint (or another job's) starts over: no
-            # row of that attempt may remain, pre-training rows included.
-            energy_log.truncate(0)
-            energy_log.start_pretrain()
+            # row or evaluation of that attempt may remain, pre-training rows included.
+            energy_log.start_over()
         if init_file:
             log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
             if finetune_schedule(cfg):
@@ -518,7 +543,7 @@ def _run_job(
             walkers = _start_check(vmc, params, walkers, 0, "start", ctx, energy_log, log)
         state = vmc.place(vmc.initial_state(params, walkers))
 
-    if not (init_file and cfg.init.mode == "evaluate"):
+    if not (from_init and cfg.init.mode == "evaluate"):
         state = runner.run(
             vmc,
             state,
@@ -527,13 +552,20 @@ def _run_job(
             every_minutes=cfg.checkpoint.every_minutes,
         )
     if ctx.is_root:
-        save_params(ckpt_dir / "params.h5", jax.device_get(state.params), params_metadata(cfg))
+        save_params(
+            ckpt_dir / "params.h5",
+            jax.device_get(state.params),
+            params_metadata(cfg),
+            geometries=[m.to_dict() for m in cfg.geometries],
+        )
         energy_log.flush()
 
     if cfg.evaluation.steps > 0:
         results = evaluate(runner, EvaluationStage(cfg, vmc, systems, root), state, ctx, log)
         if energy_log is not None:
-            energy_log.write_evaluation(results, len(cfg.geometries), cfg.evaluation.steps)
+            # Tied to the step of the parameters evaluated: training on past it (an extension)
+            # or rolling back before it (--restart) marks it stale (EnergyLog).
+            energy_log.write_evaluation(results, len(cfg.geometries), cfg.evaluation.steps, state.step)
     ctx.barrier()  # no rank reports success before rank 0 has written everything
     return out
 
@@ -577,6 +609,65 @@ def _saved(path: Path, state: TrainState, progress: RunProgress | None) -> Path:
     if progress is not None:
         progress.update(checkpoint_step=int(state.step), checkpoint=str(path.absolute()))
     return path
+
+
+def _abandon_newer_branch(ckpt_dir: Path, resume_path: Path, log: Callable) -> None:
+    """`--restart` to a checkpoint older than the run's newest: the newer checkpoints (and the
+    final parameters) belong to the trajectory abandoned here; they are moved aside, so that
+    every later plain resume (a SLURM requeue) continues the branch started now, and the
+    retention cannot delete the new branch to keep them. `energies.h5` is cut at the step as
+    in every resume."""
+    step = checkpoint_step(resume_path)
+    target, moved = set_aside_newer(ckpt_dir, step)
+    if moved:
+        names = ", ".join(p.name for p in moved)
+        log(f"note: --restart at step {step}: moved the abandoned run's newer files ({names}) to {target}")
+
+
+def _coverage(cfg: JobConfig, init_file: str | None, log: Callable) -> list[int]:
+    """Per geometry of the job: 1 when it has an element or an electron count that the training
+    set stored in `init_file` never contained, 0 when both occurred, -1 when unknown (no
+    [init] checkpoint, or a file that stores no training set). Logs one warning line naming
+    what is new and where; results there are extrapolations of the transferable model."""
+    n = len(cfg.geometries)
+    if not init_file:
+        return [-1] * n
+    training = read_training_set(init_file)
+    if training is None:
+        log(f"note: {init_file} stores no training set; which geometries lie outside it is unknown")
+        return [-1] * n
+    seen_elements, seen_sizes = set(), set()
+    for g in training:
+        symbols = [str(atom[0]) for atom in g.get("atoms", [])]
+        seen_elements.update(symbols)
+        seen_sizes.add(sum(ELEMENTS.get(s, 0) for s in symbols) - int(g.get("charge", 0)))
+    flags, where = [], []
+    new_elements, new_sizes = set(), set()
+    for mol in cfg.geometries:
+        elements = sorted(set(mol.symbols) - seen_elements, key=lambda e: ELEMENTS[e])
+        size_is_new = mol.n_electrons not in seen_sizes
+        flags.append(int(bool(elements) or size_is_new))
+        if flags[-1]:
+            new_elements.update(elements)
+            what = [*elements, *([f"{mol.n_electrons} electrons"] if size_is_new else [])]
+            where.append(f"{mol.name} ({', '.join(what)})")
+            if size_is_new:
+                new_sizes.add(mol.n_electrons)
+    if where:
+        parts = []
+        if new_elements:
+            parts.append(f"element(s) {', '.join(sorted(new_elements, key=lambda e: ELEMENTS[e]))}")
+        if new_sizes:
+            parts.append(f"molecule size(s) of {', '.join(map(str, sorted(new_sizes)))} electrons")
+        log(
+            f"warning: {init_file} was trained on {len(training)} "
+            f"{'geometry' if len(training) == 1 else 'geometries'} with "
+            f"{', '.join(sorted(seen_elements, key=lambda e: ELEMENTS.get(e, 0)))} and "
+            f"{', '.join(map(str, sorted(seen_sizes)))} electrons, never on {' or '.join(parts)}: "
+            f"{'; '.join(where)}; results there are extrapolations (hpcwf analyze marks "
+            "evaluations of them that were not trained here as extrapolated)"
+        )
+    return flags
 
 
 def _checked_init_checkpoint(cfg: JobConfig, log: Callable) -> Path:

@@ -34,9 +34,12 @@ def write_run(
     evaluation: dict[int, tuple[float, float]] | None = None,
     pretrain_loss: np.ndarray | None = None,
     old_format: bool = False,
+    hf_energy: list[float] | None = None,
+    outside_training_set: list[int] | None = None,
 ) -> Path:
     """A run dir with energies.h5: energy[step, geometry, rank] (NaN = geometry not trained at that
-    step by that rank); evaluation: geometry -> (energy, error); pretrain_loss[step, geometry, rank]."""
+    step by that rank); evaluation: geometry -> (energy, error); pretrain_loss[step, geometry, rank];
+    hf_energy (Ha) and outside_training_set (1/0/-1) per geometry, absent when None."""
     run_dir.mkdir(parents=True)
     n = len(names)
     with h5py.File(run_dir / "energies.h5", "w") as f:
@@ -50,6 +53,10 @@ def write_run(
         if not old_format:
             g["group"] = np.array(group or names, dtype=h5py.string_dtype())
             g["scan_coordinate"] = np.array(scan if scan is not None else [np.nan] * n)
+        if hf_energy is not None:
+            g["hf_energy"] = np.array(hf_energy, np.float64)
+        if outside_training_set is not None:
+            g["outside_training_set"] = np.array(outside_training_set, np.int8)
         step, geometry, rank = np.nonzero(np.isfinite(energy))
         values = energy[step, geometry, rank]
         columns = {"step": step, "geometry": geometry, "energy": values, "variance": 0.1 + 0 * values}
@@ -389,3 +396,116 @@ def test_unresolved_tau_and_evaluation_columns_of_older_files(capsys, evaluated_
     a, b, lih = analyze_json(capsys, evaluated_run)
     assert a["energy"] == pytest.approx(H2_REF + 0.0005) and a["error"] == pytest.approx(0.0001)
     assert a["r_hat"] is None and a["autocorrelation_time_lower_bound"] is None
+
+
+def _train_row(step: int, energy: float) -> dict:
+    from hpcwf.io import log_schema
+
+    row = {name: 0.5 for name in log_schema.names("train")}
+    return {**row, "step": step, "geometry": 0, "energy": energy, "n_nonfinite": 0, "rolled_back": 0}
+
+
+def _h2():
+    from hpcwf.systems.molecule import Molecule
+
+    return Molecule.create("H2", [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]])
+
+
+def test_a_live_extension_shows_the_training_window_not_the_old_evaluation(capsys, tmp_path):
+    """Issue 21.1, live: an evaluated 3-step run is resumed and extended (the run's own writer,
+    EnergyLog, as the stage runner drives it). Up to the resume the step-3 evaluation is the
+    result; the first published row past step 3 marks it stale in the same version of the
+    file, so a reader of the live run sees the training window, flagged, never the old
+    evaluation labelled with the new step count."""
+    from hpcwf.io import log_schema
+    from hpcwf.io.energy_log import EnergyLog
+
+    path = tmp_path / "run" / "energies.h5"
+    path.parent.mkdir()
+    log = EnergyLog(path, [_h2()], hf_energy=[-1.12])
+    for t in range(3):
+        log.append(**_train_row(t, -1.10))
+    log.flush()
+    result = {c.name: 1.0 for c in log_schema.EVALUATION} | {"energy": -1.16, "n_samples": 10, "n_chains": 5}
+    log.write_evaluation({0: result}, 1, 10, 3)
+    (row,) = analyze_json(capsys, path.parent)
+    assert (row["source"], row["flags"], row["energy"], row["evaluation_step"]) == (
+        "evaluation",
+        None,
+        -1.16,
+        3,
+    )
+
+    resumed = EnergyLog(path, [_h2()], hf_energy=[-1.12])  # the extension resumes at step 3
+    resumed.truncate(3)
+    assert analyze_json(capsys, path.parent)[0]["source"] == "evaluation"  # not trained past yet
+    resumed.append(**_train_row(3, -1.13))
+    assert analyze_json(capsys, path.parent)[0]["source"] == "evaluation"  # not published yet
+    resumed.flush()  # a progress line or a checkpoint of the live run
+    (row,) = analyze_json(capsys, path.parent)
+    assert row["source"] == "train" and row["flags"] == "stale_evaluation" and row["evaluation_step"] == 3
+    assert row["energy"] == pytest.approx(-1.13) and row["steps_trained"] == 4
+    with h5py.File(path, "r") as f:
+        assert f["evaluation"].attrs["stale"] == 1 and f["evaluation/energy"][0] == -1.16  # kept
+    code, out, _ = run_cli(capsys, "analyze", str(path.parent))
+    assert code == 0 and out.splitlines()[1].split()[-2:] == ["train", "[stale_evaluation]"]
+    assert "stale_evaluation: the evaluation in energies.h5 is of the parameters of step 3" in out
+    code, out, _ = run_cli(capsys, "compare", str(path.parent), "--json")
+    result = json.loads(out)["geometries"][0]["results"]["run"]
+    assert result["source"] == "train" and result["flags"] == "stale_evaluation"
+
+
+def test_an_evaluation_of_an_older_hpcwf_goes_stale_when_its_run_is_extended(capsys, evaluated_run):
+    """An /evaluation without params_step (written by an older hpcwf) reads as current; a run
+    that resumes the file takes it to be of the step the log ends at, so training on marks it
+    stale as well."""
+    from hpcwf.io.energy_log import EnergyLog
+    from hpcwf.systems.molecule import Molecule
+
+    rows = analyze_json(capsys, evaluated_run)
+    assert [r["source"] for r in rows] == ["evaluation", "train", "evaluation"]
+    assert {r["evaluation_step"] for r in rows} == {None}
+    mols = [Molecule.create(n, [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]]) for n in ("H2_a", "H2_b", "LiH")]
+    log = EnergyLog(evaluated_run / "energies.h5", mols)
+    assert [r["source"] for r in analyze_json(capsys, evaluated_run)] == ["evaluation", "train", "evaluation"]
+    log.append(**_train_row(60, -1.0))
+    log.flush()
+    rows = analyze_json(capsys, evaluated_run)
+    assert [r["source"] for r in rows] == ["train"] * 3
+    assert [r["flags"] for r in rows] == ["stale_evaluation", None, "stale_evaluation"]
+    assert {r["evaluation_step"] for r in rows} == {60}
+
+
+def test_evaluations_far_above_hf_and_outside_the_training_set_are_flagged(capsys, tmp_path):
+    """Issue 21.2: an evaluated energy more than 0.1 Ha above the geometry's own HF energy is
+    flagged above_hf (not one 0.05 Ha above, nor a training window); an evaluation, without
+    training in this run, of a geometry outside the [init] checkpoint's training set is flagged
+    extrapolated (not one inside it, nor one this run trained)."""
+    names = ["H2", "HeH+", "LiH", "H2_trained"]
+    hf = [-1.12, -2.85, -7.86, -1.12]
+    energy = np.full((4, 4, 1), np.nan)
+    energy[:, 3, 0] = -1.0  # only H2_trained was trained here
+    run = write_run(
+        tmp_path / "zs",
+        names,
+        energy,
+        evaluation={0: (-1.07, 1e-3), 1: (-2.80, 1e-3), 2: (-4.51, 1e-2), 3: (-1.0, 1e-3)},
+        hf_energy=hf,
+        outside_training_set=[0, 1, 1, 1],
+    )
+    rows = analyze_json(capsys, run)
+    assert [r["flags"] for r in rows] == [None, "extrapolated", "extrapolated,above_hf", "above_hf"]
+    assert [r["hf_energy"] for r in rows] == hf
+    code, out, _ = run_cli(capsys, "analyze", str(run))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[3].split()[-2:] == ["evaluation", "[extrapolated,above_hf]"]
+    assert any(line.startswith("extrapolated: ") for line in lines)
+    assert any(line.startswith("above_hf: E is more than 0.1 Ha above") for line in lines)
+    # A training window above HF (an early or live run) is not flagged: only evaluations are.
+    live = write_run(tmp_path / "live", ["H2"], np.full((5, 1, 1), -0.5), hf_energy=[-1.12])
+    assert analyze_json(capsys, live)[0]["flags"] is None
+    code, out, _ = run_cli(capsys, "compare", str(run))
+    assert code == 0 and "-4.510000 +- 0.010000!" in out and "! above_hf: " in out
+    code, out, _ = run_cli(capsys, "plot", str(run))
+    assert code == 0 and "note: extrapolated (HeH+, LiH): " in out

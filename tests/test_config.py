@@ -338,6 +338,36 @@ def test_missing_init_checkpoint(tmp_path):
     assert err.key == "init.checkpoint"
 
 
+def test_missing_init_checkpoint_is_fine_where_the_run_dir_can_resume(tmp_path, capsys):
+    """Issue 21.7: a fine-tune whose [init] checkpoint is gone (deleted by its run's retention,
+    or archived) but whose own run dir holds a checkpoint resumes from that one and never reads
+    the [init] parameters: load_job, `hpcwf check` and `check --group-index K --run-dir` (what
+    slurm/finetune.sbatch runs before a requeued task) accept it, for a file and for a run dir
+    as the source; a fresh run (a group without a checkpoint of its own) is still refused."""
+    from hpcwf.cli import main
+
+    h2 = '[[geometry]]\nname = "{n}"\ngroup = "{n}"\natoms = [["H", 0, 0, 0], ["H", 1.4, 0, 0]]\n'
+    for source in (tmp_path / "pre" / "checkpoints" / "ckpt_000000010.h5", tmp_path / "pre"):
+        out = tmp_path / f"ft-{source.name}"
+        job = write(
+            tmp_path / f"{source.name}.toml",
+            h2.format(n="a")
+            + h2.format(n="b")
+            + f'[init]\ncheckpoint = "{source}"\n[output]\ndir = "{out}"\n',
+        )
+        (out / "a" / "checkpoints").mkdir(parents=True)
+        (out / "a" / "checkpoints" / "ckpt_000000002.h5").write_bytes(b"")  # the run validates it
+        assert load_job(job, group_index=0).output.dir == str(out / "a")
+        assert main(["check", str(job), "--group-index", "0", "--run-dir"]) == 0
+        assert capsys.readouterr() == (f"{out / 'a'}\n", "")
+        for argv in (["check", str(job), "--group-index", "1"], ["check", str(job)]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err == f"error: {job}: init.checkpoint: checkpoint not found: {source}\n"
+        with pytest.raises(ConfigError, match="checkpoint not found"):
+            load_job(job, output_dir=str(tmp_path / "elsewhere"))
+
+
 def test_evaluate_needs_checkpoint(tmp_path):
     err = error_of(tmp_path, LIH + '[init]\nmode = "evaluate"\n')
     assert err.key == "init.checkpoint"

@@ -5,6 +5,7 @@ faults are injected with the test-only HPCWF_TEST_* variables of hpcwf.workflow.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -37,27 +38,48 @@ batch_size = 16
 steps_per_update = 2
 burn_in_steps = 10
 [evaluation]
-steps = 0
+steps = {evaluation}
+burn_in_steps = 2
 [checkpoint]
 every_steps = {every}
-keep_every = {every}
+keep_last = {keep_last}
+keep_every = {keep_every}
 [output]
 dir = "{dir}"
 print_every = 1
 """
 
 
-def _job(tmp: Path, steps: int, every: int = 3, pretrain: int = 0) -> Path:
+def _job(
+    tmp: Path,
+    steps: int,
+    every: int = 3,
+    pretrain: int = 0,
+    evaluation: int = 0,
+    keep_last: int = 3,
+    keep_every: int | None = None,
+) -> Path:
     job = tmp / "job.toml"
-    job.write_text(JOB.format(steps=steps, every=every, pretrain=pretrain, dir=tmp / "run"))
+    keep_every = every if keep_every is None else keep_every
+    job.write_text(
+        JOB.format(
+            steps=steps,
+            every=every,
+            pretrain=pretrain,
+            evaluation=evaluation,
+            keep_last=keep_last,
+            keep_every=keep_every,
+            dir=tmp / "run",
+        )
+    )
     return job
 
 
-def _run(job: Path, preexec_fn=None, **faults: str) -> subprocess.CompletedProcess:
+def _run(job: Path, *args: str, preexec_fn=None, **faults: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPCWF_TEST_")}
     env.update({f"HPCWF_TEST_{k.upper()}": v for k, v in faults.items()})
     return subprocess.run(
-        [sys.executable, "-m", "hpcwf", "run", str(job)],
+        [sys.executable, "-m", "hpcwf", "run", str(job), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -237,3 +259,97 @@ def test_progress_lines_reach_a_redirected_stdout_as_they_are_printed(tmp_path):
     text = out.read_text()
     for step in range(1, 5):
         assert f"step {step:>7}/8" in text, text
+
+
+def _analyze(run: Path) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "analyze", str(run), "--json"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def _evaluation_attrs(run: Path) -> dict:
+    with h5py.File(run / "energies.h5", "r") as f:
+        return {k: int(v) for k, v in f["evaluation"].attrs.items()}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A finished 6-step run with a checkpoint every step (retention: the newest 2 and every
+    3rd: steps 3, 5, 6 remain) and a 2-step evaluation of the step-6 parameters (one run)."""
+    tmp = tmp_path_factory.mktemp("evaluated")
+    proc = _run(_job(tmp, steps=6, every=1, evaluation=2, keep_last=2, keep_every=3))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(tmp / "run" / "checkpoints")] == [
+        f"ckpt_00000000{k}.h5" for k in (3, 5, 6)
+    ]
+    assert [r["source"] for r in _analyze(tmp / "run")] == ["evaluation"]
+    return tmp / "run"
+
+
+def test_an_extension_never_shows_the_old_evaluation_as_its_result(evaluated, tmp_path):
+    """The evaluated 6-step run extended to 8 steps with [evaluation] steps = 0 (issue 21.1):
+    stopped by SIGUSR1 at step 7, and then finished, the step-6 evaluation stays in energies.h5
+    marked stale, and analyze and the final table of `hpcwf run` show the training window of
+    the extended run, flagged stale_evaluation, never the step-6 evaluation (two short runs:
+    50-72 s measured on 2 busy cores, load ~4)."""
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run)
+    with h5py.File(run / "energies.h5", "r") as f:
+        old = float(f["evaluation/energy"][0])
+    job = _job(tmp_path, steps=8, every=1, keep_last=2, keep_every=3)
+    stopped = _run(job, checkpoint_signal="SIGUSR1@7")
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    (row,) = _analyze(run)
+    assert row["source"] == "train" and row["flags"] == "stale_evaluation", row
+    assert row["steps_trained"] == 7 and row["evaluation_step"] == 6 and row["energy"] != old
+    assert _evaluation_attrs(run) == {"steps": 2, "params_step": 6, "stale": 1}
+
+    finished = _run(job)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    table = finished.stdout[finished.stdout.index("geometry ") :].splitlines()
+    assert table[1].split()[-3:] == ["8", "train", "[stale_evaluation]"], table
+    assert any(line.startswith("stale_evaluation: ") and "step 6" in line for line in table)
+    (row,) = _analyze(run)
+    assert row["source"] == "train" and row["steps_trained"] == 8 and row["energy"] != old
+    np.testing.assert_array_equal(_train_log(run)["step"], np.arange(8))
+
+
+def test_restart_to_an_older_checkpoint_stays_rolled_back(evaluated, tmp_path):
+    """--restart from the step-3 checkpoint of the finished 6-step run, stopped by SIGUSR1 at
+    step 4 (issue 21.5): the abandoned run's newer checkpoints (5, 6) and its params.h5 move to
+    checkpoints/abandoned-step3-<time>/ (one line), the log is cut at step 3 and its evaluation
+    marked stale, the retention keeps the new branch's step-4 checkpoint (it deleted it while
+    5 and 6 were the newest), and the next plain resume, as a requeue does it, continues the
+    new branch from step 4: one unbroken log, steps 0..5 once each (two short runs: 51-85 s
+    measured on 2 busy cores, load ~4)."""
+    run = tmp_path / "run"
+    shutil.copytree(evaluated, run)
+    ckpts = run / "checkpoints"
+    job = _job(tmp_path, steps=6, every=1, keep_last=2, keep_every=3)
+    stopped = _run(job, "--restart", str(ckpts / "ckpt_000000003.h5"), checkpoint_signal="SIGUSR1@4")
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(ckpts)] == ["ckpt_000000003.h5", "ckpt_000000004.h5"]
+    (aside,) = [p for p in ckpts.iterdir() if p.is_dir()]
+    assert aside.name.startswith("abandoned-step3-")
+    assert sorted(p.name for p in aside.iterdir()) == ["ckpt_000000005.h5", "ckpt_000000006.h5", "params.h5"]
+    notes = [line for line in stopped.stdout.splitlines() if "abandoned" in line]
+    assert (
+        len(notes) == 1
+        and notes[0].startswith("note: --restart at step 3: moved ")
+        and str(aside) in notes[0]
+    )
+    np.testing.assert_array_equal(_train_log(run)["step"], np.arange(4))
+    assert _evaluation_attrs(run)["stale"] == 1
+
+    resumed = _run(job)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 4" in resumed.stdout
+    log = _train_log(run)
+    np.testing.assert_array_equal(log["step"], np.arange(6))
+    assert np.isfinite(log["energy"]).all()
+    assert [p.name for p in list_checkpoints(ckpts)][-1] == "ckpt_000000006.h5"
+    assert sorted(p.name for p in aside.iterdir()) == ["ckpt_000000005.h5", "ckpt_000000006.h5", "params.h5"]
+    (row,) = _analyze(run)
+    assert row["source"] == "train" and row["flags"] == "stale_evaluation" and row["steps_trained"] == 6

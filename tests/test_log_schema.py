@@ -40,7 +40,7 @@ def test_unknown_or_missing_train_field_is_an_error(tmp_path):
         log.append_pretrain(step=0, geometry=0, loss=1.0, rolled_back=0, learning_rate=0.1)
     with pytest.raises(LogFieldError, match="missing field.*r_hat"):
         result = {name: 1.0 for name in log_schema.names("evaluation") if name != "r_hat"}
-        log.write_evaluation({0: result}, 1, 10)
+        log.write_evaluation({0: result}, 1, 10, 0)
 
 
 def test_column_added_later_reads_nan_for_old_rows(tmp_path):

@@ -473,3 +473,116 @@ def test_sigterm_checkpoints_and_resume_continues_the_log(tmp_path):
     assert f"at step {stopped_at}" in resumed.stdout
     with h5py.File(run / "energies.h5", "r") as f:
         np.testing.assert_array_equal(f["train/step"][:], np.arange(stopped_at + 2))
+
+
+def test_zero_shot_outside_the_training_set_is_warned_and_marked(h2_run, tmp_path):
+    """Issue 21.2: the H2-only model of h2_run evaluated (mode = "evaluate") on H2, HeH+ and
+    LiH: one warning line before any step names Li and He, which its training set never
+    contained, and the 4 electrons of LiH; analyze marks the evaluations of HeH+ and LiH
+    extrapolated, not H2's (one run, LiH compiles its own programs: 30-65 s measured on 2 busy
+    cores, load ~4)."""
+    run, _ = h2_run
+    params = run / "checkpoints" / "params.h5"
+    job = tmp_path / "zs.toml"
+    job.write_text(f"""
+[[geometry]]
+name = "H2"
+atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.4, 0.0, 0.0]]
+[[geometry]]
+name = "HeH+"
+atoms = [["He", 0.0, 0.0, 0.0], ["H", 1.46, 0.0, 0.0]]
+charge = 1
+[[geometry]]
+name = "LiH"
+atoms = [["Li", 0.0, 0.0, 0.0], ["H", 3.015, 0.0, 0.0]]
+[model]
+n_determinants = 2
+[optimization]
+batch_size = 32
+[evaluation]
+steps = 2
+burn_in_steps = 2
+[init]
+checkpoint = "{params}"
+mode = "evaluate"
+[output]
+dir = "{tmp_path / "zs"}"
+""")
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    warnings = [i for i, line in enumerate(lines) if line.startswith("warning: ")]
+    assert len(warnings) == 1, lines
+    warning = lines[warnings[0]]
+    assert warning.startswith(f"warning: {params} was trained on 2 geometries with H and 2 electrons")
+    assert "never on element(s) He, Li or molecule size(s) of 4 electrons" in warning
+    assert "HeH+ (He); LiH (Li, 4 electrons)" in warning and "H2 (" not in warning
+    assert warnings[0] < lines.index("evaluation: 2 steps per geometry")
+    rows = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "hpcwf", "analyze", str(tmp_path / "zs"), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    extrapolated = ["extrapolated" in (r["flags"] or "") for r in rows]
+    assert [r["source"] for r in rows] == ["evaluation"] * 3 and extrapolated == [False, True, True]
+    assert all(r["hf_energy"] < -1.0 for r in rows)
+    table = proc.stdout[proc.stdout.index("geometry ") :]
+    assert "extrapolated: " in table and "evaluation [extrapolated" in table
+
+
+def _finetune_job(path, run_dir, source) -> None:
+    _write_h2_job(path, run_dir, f'[init]\ncheckpoint = "{source}"\n[checkpoint]\nevery_steps = 2\n')
+    path.write_text(path.read_text().replace("steps = 3", "steps = 4").replace("steps = 5", "steps = 0"))
+
+
+def test_finetune_resumes_from_its_own_checkpoint_when_its_source_is_gone(h2_run, tmp_path):
+    """Issue 21.7: a fine-tune of the step-12 checkpoint of a pre-training run, stopped by
+    SIGUSR1 at its step-2 checkpoint; then the source disappears: the file (retention), or the
+    whole pre-training run dir (archived). `hpcwf check` accepts the job and the requeued run
+    resumes at step 2 with one warning line and completes its log, for a source named as a
+    file and as a run dir (three short runs: 83-112 s measured on 2 busy cores, load ~4)."""
+    import os
+    import shutil
+
+    from hpcwf.cli import main
+
+    pre = tmp_path / "pre"
+    shutil.copytree(
+        h2_run[0] / "checkpoints", pre / "checkpoints", ignore=shutil.ignore_patterns("params.h5")
+    )
+    source_file = pre / "checkpoints" / "ckpt_000000012.h5"
+    file_job, ft = tmp_path / "ft.toml", tmp_path / "ft"
+    _finetune_job(file_job, ft, source_file)
+    env = dict(os.environ, HPCWF_TEST_CHECKPOINT_SIGNAL="SIGUSR1@2")
+    stopped = subprocess.run(
+        [sys.executable, "-m", "hpcwf", "run", str(file_job)], capture_output=True, text=True, env=env
+    )
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    assert f"init: parameters from {source_file}" in stopped.stdout
+    shutil.copytree(ft, tmp_path / "ft_dir")
+    source_file.unlink()  # the pre-training's retention deleted it
+    dir_job = tmp_path / "ft_dir.toml"
+    _finetune_job(dir_job, tmp_path / "ft_dir", pre)
+    shutil.move(pre, tmp_path / "archived")  # the user archived the pre-training run
+
+    for job, run, source in ((file_job, ft, source_file), (dir_job, tmp_path / "ft_dir", pre)):
+        assert main(["check", str(job)]) == 0
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"resumed from {run / 'checkpoints' / 'ckpt_000000002.h5'} at step 2" in proc.stdout
+        warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning: ")]
+        assert warnings == [
+            f"warning: {job}: init.checkpoint: {source} no longer exists; this run resumes from its own "
+            f"checkpoint {run / 'checkpoints' / 'ckpt_000000002.h5'}, which does not need it"
+        ]
+        with h5py.File(run / "energies.h5", "r") as f:
+            np.testing.assert_array_equal(f["train/step"][:], np.arange(4))
+    # A fresh run of the same job (a run dir without checkpoints) still needs its source.
+    fresh = tmp_path / "fresh.toml"
+    _finetune_job(fresh, tmp_path / "fresh", source_file)
+    assert main(["check", str(fresh)]) == 2

@@ -6,13 +6,13 @@ appearance). Each run is labelled by its directory's basename, or by as many tra
 components as it takes to tell the runs apart.
 
 JSON (`compare_runs`): {"runs": [{"label", "run_dir"}], "geometries": [{"name", "reference",
-"results": {label: {"energy", "error", "error_mha", "source"} or null if the run lacks the
-geometry}}], "summary": {"mean_abs_error_mha": {label: ...}, "n_with_reference": {label: ...},
+"results": {label: {"energy", "error", "error_mha", "source", "flags"} or null if the run lacks
+the geometry}}], "summary": {"mean_abs_error_mha": {label: ...}, "n_with_reference": {label: ...},
 "common_geometries": [names every run has an error_mha for], "mean_abs_error_mha_common":
 {label: ...}}}. Energies in Ha, errors vs reference in mHa; the same fields as `hpcwf analyze`.
 
 CSV (`to_csv`): columns name, reference, then per run `<label> energy`, `<label> error`,
-`<label> error_mha`, `<label> source`; one line per geometry and a final line named
+`<label> error_mha`, `<label> source`, `<label> flags`; one line per geometry and a final line named
 `mean |E-ref| (mHa)` with each run's mean absolute error in its `<label> error_mha` column.
 """
 
@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hpcwf.analysis import report
-from hpcwf.analysis.report import SOURCE_TRAIN, format_value, geometry_results
+from hpcwf.analysis.report import FLAG_NOTES, SOURCE_TRAIN, format_value, geometry_results
 
-RUN_FIELDS = ("energy", "error", "error_mha", "source")
+RUN_FIELDS = ("energy", "error", "error_mha", "source", "flags")
 MEAN_ROW_NAME = "mean |E-ref| (mHa)"
 
 
@@ -90,13 +90,14 @@ def _mean(values: list[float]) -> float | None:
 
 def format_table(comparison: dict) -> str:
     """Text table: one line per geometry, per run `E (Ha) +- error` and `E-ref (mHa)` (a `*`
-    marks energies from training, not evaluation), then the mean |E-ref| per run."""
+    marks energies from training, not evaluation; a `!` flagged ones, see `hpcwf analyze`),
+    then the mean |E-ref| per run."""
     labels = [r["label"] for r in comparison["runs"]]
     name_width = max([len(MEAN_ROW_NAME) + 9, *(len(g["name"]) for g in comparison["geometries"])])
     col = [max(len(label), 34) for label in labels]
 
     def cells(energy: str, err: str) -> str:
-        return f"{energy:>22} {err:>11}"
+        return f"{energy:>23} {err:>11}"
 
     head = f"{'geometry':<{name_width}} {'reference':>13}"
     sub = f"{'':<{name_width}} {'(Ha)':>13}"
@@ -104,7 +105,7 @@ def format_table(comparison: dict) -> str:
         head += f" | {label:<{w}}"
         sub += f" | {cells('E (Ha)', 'E-ref (mHa)'):<{w}}"
     lines = [head, sub]
-    train_marked = False
+    train_marked, flagged = False, set()
     for g in comparison["geometries"]:
         line = f"{g['name']:<{name_width}} {format_value(g['reference'], '.6f'):>13}"
         for label, w in zip(labels, col, strict=True):
@@ -112,9 +113,10 @@ def format_table(comparison: dict) -> str:
             if r is None or r["energy"] is None:
                 text = cells("-", "-")
             else:
-                mark = "*" if r["source"] == SOURCE_TRAIN else " "
-                energy = f"{r['energy']:.6f} +- {format_value(r['error'], '.6f')}{mark}"
-                train_marked |= mark == "*"
+                mark = ("*" if r["source"] == SOURCE_TRAIN else "") + ("!" if r["flags"] else "")
+                energy = f"{r['energy']:.6f} +- {format_value(r['error'], '.6f')}{mark:<2}"
+                train_marked |= "*" in mark
+                flagged.update((r["flags"] or "").split(",") if r["flags"] else ())
                 text = cells(energy, format_value(r["error_mha"], "+.2f"))
             line += f" | {text:<{w}}"
         lines.append(line)
@@ -130,7 +132,13 @@ def format_table(comparison: dict) -> str:
             line += f" | {cells(f'n={counts[label]}', format_value(means[label], '.2f')):<{w}}"
         lines.append(line)
     if train_marked:
-        lines.append("* not evaluated yet: mean of the last training steps (see `hpcwf analyze`)")
+        lines.append(
+            "* not evaluated (yet), or its evaluation is stale: mean of the last training steps "
+            "(see `hpcwf analyze`)"
+        )
+    for flag in FLAG_NOTES:
+        if flag in flagged:
+            lines.append(f"! {flag}: {FLAG_NOTES[flag].format(evaluation_step='(see hpcwf analyze)')}")
     return "\n".join(lines)
 
 

@@ -13,7 +13,9 @@ while the run is still training.
                             scan the loss of the last pre-training steps vs scan coordinate
                             (only when energies.h5 has /pretrain rows)
 
-Energies as in `hpcwf analyze` (evaluation, else the last training steps: open markers).
+Energies as in `hpcwf analyze` (evaluation, else the last training steps: open markers; a
+stale evaluation is not drawn). A flagged energy (`hpcwf analyze`'s `flags`: stale evaluation,
+extrapolated, above HF) gets one `note:` line per flag through `log`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from hpcwf.analysis.report import SOURCE_EVALUATION, results_from_data  # noqa: E402
+from hpcwf.analysis.report import FLAG_NOTES, SOURCE_EVALUATION, results_from_data  # noqa: E402
 from hpcwf.analysis.run_data import RunData, RunDirError, read_run  # noqa: E402
 
 CHEMICAL_ACCURACY_MHA = 1.6  # 1 kcal/mol
@@ -47,10 +49,17 @@ Log = Callable[[str], None]
 
 def plot_run(run_dir: str | Path, log: Log | None = None) -> list[Path]:
     """Writes the figures of the module docstring into `run_dir` and returns their paths.
-    `log` receives one line for each figure that is skipped and why. Raises RunDirError when
-    the run cannot be read or a figure cannot be written."""
+    `log` receives one line for each figure that is skipped and why, and one `note:` line per
+    flag that some energy carries (`FLAG_NOTES`: e.g. a stale evaluation, replaced by the
+    training window). Raises RunDirError when the run cannot be read or a figure cannot be
+    written."""
     data = read_run(run_dir)
     rows = results_from_data(data)
+    for flag, note in FLAG_NOTES.items():
+        marked = [r for r in rows if flag in (r["flags"] or "").split(",")]
+        if marked and log is not None:
+            names = ", ".join(r["name"] for r in marked)
+            log(f"note: {flag} ({names}): {note.format(**marked[0])}")
     written = []
     for make in (_training_energy, _error_vs_reference, _scan, _pretrain_loss):
         name, outcome = make(data, rows)

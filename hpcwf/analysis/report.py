@@ -8,14 +8,24 @@ energies in Hartree (Ha):
     group                 its group (the geometry's own name when it has none)
     scan_coordinate       position along a scan (units of the job file), null if not a scan
     source                where `energy` comes from: "evaluation" (the final evaluation run),
-                          "train" (no evaluation of this geometry yet: the mean of the last
+                          "train" (no current evaluation of this geometry: the mean of the last
                           training steps, see below) or null (no data yet)
+    flags                 markers, comma-separated, null when none: "stale_evaluation" (the
+                          run's evaluation is of the parameters of an earlier step, see
+                          `evaluation_step`, and the run has trained past it or was rolled back
+                          since: E comes from the training window instead), "extrapolated"
+                          (evaluated without training here on a geometry with an element or
+                          electron count that the [init] checkpoint's training set never
+                          contained), "above_hf" (an evaluation more than ABOVE_HF_HA = 0.1 Ha
+                          above the geometry's own Hartree-Fock energy: far worse than HF)
     energy                E (Ha)
     error                 its standard error (Ha): for "evaluation" the spread of the per-walker
                           means (`statistics.multi_chain_statistics`), for "train" the windowed
                           autocorrelation estimate (`statistics.single_series_statistics`)
     reference             reference energy (Ha), null if unknown
     error_mha             E - reference (mHa)
+    hf_energy             the geometry's Hartree-Fock energy (Ha) in the job's basis, null in
+                          files of older runs
     variance              variance of the local energy (Ha^2)
     autocorrelation_time  statistical inefficiency tau of the averaged series: MCMC steps for
                           "evaluation", training steps for "train"; null when the series was too
@@ -28,14 +38,17 @@ energies in Hartree (Ha):
     n_samples             number of values averaged: evaluation samples, or training steps in
                           the window for "train"
     steps_trained         number of optimization steps that trained this geometry so far
+    evaluation_step       optimization step of the parameters the run's evaluation evaluated
+                          (current or stale), null without evaluation or in older files
     pretrain_loss         mean HF pre-training loss (bohr^-3) over the last pre-training steps
                           of this geometry, null without pre-training
 
-"train" (live runs): the per-step training energies (the mean over ranks where several ranks
-train the geometry in a step) of the geometry's last 20 % of steps, at least 1 and at most 200
-(`run_data.WINDOW_*`), averaged; the error is the single-series error of that window. It is a
-statistical error only: while the optimization still improves the wavefunction, the mean lies
-above the converged energy by more than that error.
+"train" (live runs, extensions, a stale evaluation): the per-step training energies (the mean
+over ranks where several ranks train the geometry in a step) of the geometry's last 20 % of
+steps, at least 1 and at most 200 (`run_data.WINDOW_*`), averaged; the error is the
+single-series error of that window. It is a statistical error only: while the optimization
+still improves the wavefunction, the mean lies above the converged energy by more than that
+error.
 """
 
 from __future__ import annotations
@@ -68,20 +81,31 @@ KEYS: tuple[str, ...] = (
     "group",
     "scan_coordinate",
     "source",
+    "flags",
     "energy",
     "error",
     "reference",
     "error_mha",
+    "hf_energy",
     "variance",
     "autocorrelation_time",
     "autocorrelation_time_lower_bound",
     "r_hat",
     "n_samples",
     "steps_trained",
+    "evaluation_step",
     "pretrain_loss",
 )
 SOURCE_EVALUATION = "evaluation"
 SOURCE_TRAIN = "train"
+FLAG_STALE = "stale_evaluation"
+FLAG_EXTRAPOLATED = "extrapolated"
+FLAG_ABOVE_HF = "above_hf"
+# An energy more than this above the geometry's own Hartree-Fock energy is flagged (Ha). A
+# trained network lies below E_HF (it contains the HF determinant's physics); VMC noise and an
+# unconverged but sane run stay well within 0.1 Ha of it, while a model used far outside what
+# it learnt (an H2-only model on LiH: +3.35 Ha) does not.
+ABOVE_HF_HA = 0.1
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -105,12 +129,18 @@ def results_from_data(data: RunData) -> list[dict]:
             group=data.group[i],
             scan_coordinate=_finite_or_none(data.scan_coordinate[i]),
             reference=_finite_or_none(data.reference[i]),
+            hf_energy=_finite_or_none(data.hf_energy[i]) if data.hf_energy is not None else None,
             n_samples=0,
             steps_trained=int(steps.size),
+            evaluation_step=data.evaluation_step,
             pretrain_loss=_final_mean(data, "pretrain", "loss", i),
         )
+        flags = []
         ev = data.evaluation
-        if ev is not None and math.isfinite(ev["energy"][i]):
+        evaluated = ev is not None and math.isfinite(ev["energy"][i])
+        if evaluated and data.evaluation_stale:
+            flags.append(FLAG_STALE)  # of parameters the run no longer has: training window
+        if evaluated and not data.evaluation_stale:
             row.update(
                 source=SOURCE_EVALUATION,
                 energy=float(ev["energy"][i]),
@@ -135,6 +165,13 @@ def results_from_data(data: RunData) -> list[dict]:
             )
         if row["energy"] is not None and row["reference"] is not None:
             row["error_mha"] = 1000.0 * (row["energy"] - row["reference"])
+        outside = data.outside_training_set is not None and data.outside_training_set[i] == 1
+        if row["source"] == SOURCE_EVALUATION and outside and steps.size == 0:
+            flags.append(FLAG_EXTRAPOLATED)  # zero-shot beyond the training set
+        hf = row["hf_energy"]
+        if row["source"] == SOURCE_EVALUATION and hf is not None and row["energy"] - hf > ABOVE_HF_HA:
+            flags.append(FLAG_ABOVE_HF)  # far worse than HF: garbage, not a result
+        row["flags"] = ",".join(flags) or None
         rows.append(row)
     return rows
 
@@ -178,7 +215,7 @@ def format_table(rows: list[dict]) -> str:
             f"{format_value(r['variance'], '.4f'):>10}",
             f"{format_tau(r):>6}",
             f"{r['steps_trained']:>7} ",
-            r["source"] or "-",
+            (r["source"] or "-") + (f" [{r['flags']}]" if r["flags"] else ""),
         ]
         lines.append(" ".join(cells))
     if any(
@@ -190,10 +227,32 @@ def format_table(rows: list[dict]) -> str:
         )
     if any(r["source"] == SOURCE_TRAIN for r in rows):
         lines.append(
-            "source train: not evaluated yet; mean of the last training steps (biased high while "
+            "source train: not evaluated yet (or stale); mean of the last training steps (biased high while "
             "the optimization still improves)"
         )
+    flagged = {f: [r for r in rows if f in (r["flags"] or "").split(",")] for f in FLAG_NOTES}
+    for flag, marked in flagged.items():
+        if marked:
+            lines.append(f"{flag}: " + FLAG_NOTES[flag].format(**marked[0]))
     return "\n".join(lines)
+
+
+# What each flag means, as the text table's note (formatted with the first flagged row).
+FLAG_NOTES = {
+    FLAG_STALE: (
+        "the evaluation in energies.h5 is of the parameters of step {evaluation_step}; the run has "
+        "since trained past it (or was rolled back before it), so E is from the last training steps; "
+        "rerun with [evaluation] steps > 0 to evaluate the current parameters"
+    ),
+    FLAG_EXTRAPOLATED: (
+        "evaluated without training on a geometry with an element or electron count that the "
+        "[init] checkpoint's training set never contained: the transferable model extrapolates"
+    ),
+    FLAG_ABOVE_HF: (
+        f"E is more than {ABOVE_HF_HA} Ha above the geometry's own Hartree-Fock energy: the "
+        "wavefunction is far worse than HF there (unconverged, or a model used outside what it learnt)"
+    ),
+}
 
 
 def to_json(rows: list[dict]) -> str:

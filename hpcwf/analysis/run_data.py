@@ -46,10 +46,17 @@ class RunData:
     """Contents of one run's energies.h5 (energies in Ha).
 
     names, group: per geometry; reference (Ha) and scan_coordinate (units of the job file) per
-    geometry, NaN = unknown / not a scan. train: equal-length columns, every column of
+    geometry, NaN = unknown / not a scan. hf_energy: the geometry's own HF energy (Ha), NaN =
+    unknown (older files). outside_training_set: per geometry 1 when it has an element or
+    electron count that the run's [init] checkpoint never trained on, 0 when not, -1 unknown.
+    train: equal-length columns, every column of
     `log_schema.TRAIN` (step, geometry, energy in Ha, variance in Ha^2, ...), one row per
     (step, rank). evaluation: per-geometry columns of `log_schema.EVALUATION`, or None before
-    evaluation. pretrain: columns of `log_schema.PRETRAIN` (loss in bohr^-3), or None when the
+    evaluation. evaluation_step: the optimization step of the parameters the evaluation
+    evaluated (None: none, or an older file that does not say). evaluation_stale: True when
+    the run has since trained past that step or was rolled back before it, so the evaluation
+    no longer belongs to the run's parameters (`energy_log`: /evaluation attr `stale`).
+    pretrain: columns of `log_schema.PRETRAIN` (loss in bohr^-3), or None when the
     run has no pre-training rows. Columns a file lacks (written before they existed) hold
     their schema's `missing` value (NaN for floats).
     """
@@ -63,6 +70,10 @@ class RunData:
     train: dict[str, np.ndarray]
     evaluation: dict[str, np.ndarray] | None
     pretrain: dict[str, np.ndarray] | None
+    hf_energy: np.ndarray | None = None
+    outside_training_set: np.ndarray | None = None
+    evaluation_step: int | None = None
+    evaluation_stale: bool = False
     _rows: dict[str, list[np.ndarray]] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -155,12 +166,39 @@ def _read(run_dir: Path, path: Path) -> RunData:
         pretrain = _columns(f, "pretrain", path)
         if pretrain is not None and pretrain["step"].size == 0:
             pretrain = None
+        hf_energy = _float_column(g, "hf_energy", n)
+        outside = g["outside_training_set"][:].astype(np.int8) if "outside_training_set" in g else None
         evaluation = _columns(f, "evaluation", path)
-        if evaluation is not None and any(v.shape != (n,) for v in evaluation.values()):
-            raise RunDirError(f"{path}: /evaluation does not have one entry per geometry")
-    if len(group) != n or reference.shape != (n,) or scan.shape != (n,):
+        evaluation_step, stale = None, False
+        if evaluation is not None:
+            if any(v.shape != (n,) for v in evaluation.values()):
+                raise RunDirError(f"{path}: /evaluation does not have one entry per geometry")
+            attrs = f["evaluation"].attrs
+            if "params_step" in attrs:
+                evaluation_step = int(attrs["params_step"])
+            # The writer sets `stale`; rows at or past the step are checked as well, so a
+            # file whose writer did not (yet) mark it reads the same.
+            trained_past = evaluation_step is not None and bool(np.any(train["step"] >= evaluation_step))
+            stale = bool(attrs.get("stale", 0)) or trained_past
+    if outside is None:
+        outside = np.full(n, -1, np.int8)
+    if len(group) != n or any(c.shape != (n,) for c in (reference, scan, hf_energy, outside)):
         raise RunDirError(f"{path}: /geometries columns differ in length")
-    return RunData(run_dir, path, names, group, reference, scan, train, evaluation, pretrain)
+    return RunData(
+        run_dir,
+        path,
+        names,
+        group,
+        reference,
+        scan,
+        train,
+        evaluation,
+        pretrain,
+        hf_energy=hf_energy,
+        outside_training_set=outside,
+        evaluation_step=evaluation_step,
+        evaluation_stale=stale,
+    )
 
 
 def _columns(f: h5py.File, table: str, path: Path) -> dict[str, np.ndarray] | None:

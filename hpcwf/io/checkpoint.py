@@ -4,6 +4,8 @@ Parameter files (`save_params`, format "hpcwf-params"):
 
     /params  pytree group (see `write_pytree`; version 1 files, still read, had one dataset
              per leaf at its flax path /params/<module>/.../<leaf>)
+    /geometries  JSON list of the geometries the parameters were trained on (Molecule.to_dict()),
+             UTF-8 bytes, as in full checkpoints; absent in files of older hpcwf versions
     /        attrs: format ("hpcwf-params"), version (2), model_size, orbitals, n_determinants, ...
 
 Full training checkpoints (`save_checkpoint`, format "hpcwf-checkpoint"), everything needed to
@@ -34,8 +36,8 @@ disk or quota is one clean OSError (ENOSPC, EDQUOT, EFBIG) from that write, afte
 temporary file is removed and every earlier file is untouched. A temporary file left by a
 killed process is removed by `remove_stale_temporaries`. All files are opened without HDF5 file
 locking (`hpcwf.io.h5files`), so lock-less file systems work. Checkpoint directories hold
-`ckpt_<step:09d>.h5` files (`checkpoint_path`, `list_checkpoints`, `latest_valid_checkpoint`,
-`apply_retention`).
+`ckpt_<step:09d>.h5` files (`latest_valid_checkpoint` here; naming, listing, retention and
+setting an abandoned branch aside by name alone, without jax: `hpcwf.io.checkpoint_files`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ import numpy as np
 
 import hpcwf
 from hpcwf.errors import InputError
+from hpcwf.io.checkpoint_files import (  # noqa: F401  (re-exported: the checkpoint API)
+    apply_retention,
+    checkpoint_path,
+    list_checkpoints,
+    set_aside_newer,
+)
 from hpcwf.io.h5files import open_h5, replace_h5
 
 FORMAT_PARAMS = "hpcwf-params"
@@ -82,7 +90,6 @@ _RESERVED_ATTRS = frozenset(
         "checksum",
     }
 )
-_CKPT_NAME = re.compile(r"^ckpt_(\d+)\.h5$")
 
 
 class CheckpointError(InputError):
@@ -121,15 +128,46 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     return sorted(removed)
 
 
-def save_params(path: str | Path, params, metadata: dict) -> None:
-    """Writes `params` (nested dict of arrays, pytree layout of `write_pytree`, version 2)
-    and scalar/string `metadata` atomically."""
+def save_params(path: str | Path, params, metadata: dict, geometries: list[dict] | None = None) -> None:
+    """Writes `params` (nested dict of arrays, pytree layout of `write_pytree`, version 2),
+    scalar/string `metadata` and, if given, the training set `geometries` (JSON-serializable
+    dicts, Molecule.to_dict()) atomically."""
     with replace_h5(Path(path)) as f:
         f.attrs["format"] = FORMAT_PARAMS
         f.attrs["version"] = PARAMS_VERSION
         for key, value in metadata.items():
             f.attrs[key] = value
         write_pytree(f.create_group("params"), params)
+        if geometries is not None:
+            _string_dataset(f, "geometries", json.dumps(list(geometries), default=_json_default))
+
+
+def read_training_set(path: str | Path) -> list[dict] | None:
+    """The geometries (Molecule.to_dict() dicts) that the parameters in `path` were trained on:
+    the run's dataset, stored in full checkpoints and in parameter files of this hpcwf
+    version; None when the file stores none (a parameter file of an older hpcwf). Only what
+    the file itself tells: a run that started from another checkpoint also learnt that one's
+    training set, which is not followed here. Raises CheckpointError if unreadable."""
+    path = Path(path)
+    try:
+        with open_h5(path) as f:
+            if "geometries" not in f:
+                return None
+            data = json.loads(_read_string(f["geometries"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
+    return [g for g in data if isinstance(g, dict)]
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimization step stored in a full checkpoint (its `step` attr); CheckpointError if
+    the file has none."""
+    path = Path(path)
+    try:
+        with open_h5(path) as f:
+            return int(f.attrs["step"])
+    except (OSError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's step ({err})") from err
 
 
 def load_params(path: str | Path, *, verify: bool = True) -> tuple[dict, dict]:
@@ -656,27 +694,6 @@ def read_checkpoint_summary(path: str | Path) -> dict:
 # Checkpoint directories.
 
 
-def checkpoint_path(directory: str | Path, step: int) -> Path:
-    """`<directory>/ckpt_<step:09d>.h5`."""
-    return Path(directory) / f"ckpt_{int(step):09d}.h5"
-
-
-def _step_of(path: Path) -> int:
-    m = _CKPT_NAME.match(path.name)
-    assert m is not None
-    return int(m.group(1))
-
-
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """`ckpt_<step>.h5` files in `directory`, oldest step first; temporary files (".ckpt_...
-    .tmp<pid>") and other names are ignored; a missing directory gives []."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [p for p in directory.iterdir() if _CKPT_NAME.match(p.name) and p.is_file()]
-    return sorted(found, key=_step_of)
-
-
 def latest_valid_checkpoint(directory: str | Path, log: Callable[[str], Any] = print) -> Path | None:
     """The newest checkpoint in `directory` whose checksum verifies, or None.
 
@@ -707,20 +724,3 @@ def resolve_init_checkpoint(path: str | Path, log: Callable[[str], Any] = print)
     if found is None:
         raise CheckpointError(f"{path}: no valid checkpoint in {directory}")
     return found
-
-
-def apply_retention(directory: str | Path, keep_last: int, keep_every: int) -> list[Path]:
-    """Deletes checkpoints in `directory` except the newest `keep_last` (at least 1: the newest
-    is never deleted) and, when keep_every > 0, those whose step is a multiple of keep_every.
-    Checksums are not checked (call it right after a successful save). Returns deleted paths."""
-    paths = list_checkpoints(directory)
-    keep = set(paths[-max(int(keep_last), 1) :])
-    if keep_every > 0:
-        keep.update(p for p in paths if _step_of(p) % keep_every == 0)
-    deleted = []
-    for p in paths:
-        if p not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-            deleted.append(p)
-    return deleted

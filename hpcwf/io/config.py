@@ -565,15 +565,22 @@ def select_group(cfg: JobConfig, index: int) -> JobConfig:
     )
 
 
-def load_job(path: str | os.PathLike) -> JobConfig:
+def load_job(
+    path: str | os.PathLike, *, group_index: int | None = None, output_dir: str | None = None
+) -> JobConfig:
     """Reads and validates a job file; raises ConfigError naming the file and key.
 
+    The job as it will run: restricted to its `group_index`-th group (`select_group`, run
+    dir `<output.dir>/<group>`) and written to `output_dir` instead of `[output] dir` when
+    given (`hpcwf run --group-index/--output-dir`).
     Relative paths: `dataset` is resolved against the job file's directory (datasets travel
     with job files); `init.checkpoint` and `output.dir` are relative to the current working
     directory (checkpoints are produced under output directories, which live there).
     Everything pyscf would reject at HF time is rejected here (`_check_basis`: unknown basis
     name, basis lacking an element, shells beyond g, more electrons of one spin than basis
-    functions), using pyscf's basis library (no jax). Nothing is written to disk.
+    functions), using pyscf's basis library (no jax). A missing `[init] checkpoint` is
+    refused unless the run dir holds a checkpoint of its own (`_check_init_checkpoint`).
+    Nothing is written to disk.
     """
     path = Path(path)
     file = str(path)
@@ -626,21 +633,40 @@ def load_job(path: str | os.PathLike) -> JobConfig:
         )
 
     init = parsed["init"]
-    if init.checkpoint and not Path(init.checkpoint).exists():
-        raise ConfigError(file, "init.checkpoint", f"checkpoint not found: {init.checkpoint}")
     if init.mode == "evaluate" and not init.checkpoint:
         raise ConfigError(file, "init.checkpoint", "init.mode = 'evaluate' needs a checkpoint")
 
     if not parsed["output"].dir:
         parsed["output"] = dataclasses.replace(parsed["output"], dir=f"runs/{path.stem}")
 
-    return JobConfig(
+    cfg = JobConfig(
         geometries=tuple(mol for mol, _, _ in entries),
         seed=seed,
         job_file=file,
         dataset=dataset_path,
         **parsed,
     )
+    # --output-dir D first, then the group: array task K writes D/<group K> (not all into D).
+    if output_dir:
+        cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=output_dir))
+    if group_index is not None:
+        cfg = select_group(cfg, group_index)
+    _check_init_checkpoint(cfg)
+    return cfg
+
+
+def _check_init_checkpoint(cfg: JobConfig) -> None:
+    """ConfigError when `[init] checkpoint` names nothing that exists, unless the job's run dir
+    holds a checkpoint of its own: such a run resumes from it and never reads the [init]
+    parameters again (a fine-tune requeued after the pre-training's retention deleted its
+    source, or after the pre-training run was archived). Whether that checkpoint is valid is
+    checked when the run starts (it needs h5py); by name alone here, so `hpcwf check` and
+    `hpcwf run` decide alike."""
+    from hpcwf.io.checkpoint_files import list_checkpoints
+
+    source = cfg.init.checkpoint
+    if source and not Path(source).exists() and not list_checkpoints(Path(cfg.output.dir) / "checkpoints"):
+        raise ConfigError(cfg.job_file, "init.checkpoint", f"checkpoint not found: {source}")
 
 
 def _to_toml_value(value: Any) -> Any:

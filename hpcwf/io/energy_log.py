@@ -4,13 +4,23 @@ Layout:
     /            attrs: format ("hpcwf-energies"), version
     /geometries  per geometry [n_geometries]: names (utf-8), reference_energy (Ha, NaN = unknown),
                  group (utf-8; the geometry's own name when it has no group),
-                 scan_coordinate (NaN = not part of a scan)
+                 scan_coordinate (NaN = not part of a scan), hf_energy (Ha: the geometry's
+                 own Hartree-Fock energy in the job's basis, NaN = unknown),
+                 outside_training_set (int8: 1 = it has an element or an electron count that
+                 the training set of the run's [init] checkpoint never contained, 0 = both
+                 occurred there, -1 = unknown: no [init] checkpoint, or it stores none)
     /train       equal-length 1-D datasets, one row per (optimization step, rank);
                  under MPI rank 0 gathers every rank's row
     /pretrain    equal-length 1-D datasets, one row per (HF pre-training step, rank); empty
                  when the run had no pre-training. Pre-training is not resumable: the group is
-                 emptied when pre-training (re)starts.
-    /evaluation  one entry per geometry (attrs: steps)
+                 emptied when the run (re)starts from scratch (`EnergyLog.start_over`).
+    /evaluation  one entry per geometry. attrs: steps (evaluation steps), params_step (the
+                 optimization step of the parameters evaluated: those after /train steps
+                 0..params_step-1), stale (1 once the run trained past params_step or was
+                 rolled back before it: the energies belong to parameters the run no longer
+                 has; readers then fall back to the training window). An evaluation written
+                 by an older hpcwf (no params_step) is taken to be of the step its log ended
+                 at when a later run first opens the file.
 The columns of /train, /pretrain and /evaluation, with dtype, unit and meaning, are listed in
 `hpcwf.io.log_schema` (the one list; the reader `hpcwf.analysis.run_data` uses it too). A
 column added after a file was written is filled with its `missing` value (NaN) for the rows
@@ -94,7 +104,16 @@ class EnergyLog:
     (e.g. a full disk) leaves the previous version in place and the rows buffered.
     """
 
-    def __init__(self, path: str | Path, geometries: Sequence[Molecule]):
+    def __init__(
+        self,
+        path: str | Path,
+        geometries: Sequence[Molecule],
+        hf_energy: Sequence[float] | None = None,
+        outside_training_set: Sequence[int] | None = None,
+    ):
+        """`hf_energy`: E_HF (Ha) per geometry; `outside_training_set`: per geometry 1/0/-1
+        (module docstring), None to keep what the file holds (a resume, which does not read
+        the [init] checkpoint again)."""
         self.path = Path(path)
         self._buffer: list[dict] = []
         self._pretrain_buffer: list[dict] = []
@@ -110,6 +129,10 @@ class EnergyLog:
             "group": np.array([m.group_name for m in geometries], dtype=h5py.string_dtype()),
             "scan_coordinate": np.array([nan_if_none(m.scan_coordinate) for m in geometries], np.float64),
         }
+        if hf_energy is not None:
+            columns["hf_energy"] = np.array([nan_if_none(e) for e in hf_energy], np.float64)
+        if outside_training_set is not None:
+            columns["outside_training_set"] = np.array(outside_training_set, np.int8)
 
         def init(f: h5py.File) -> None:
             f.attrs["format"] = "hpcwf-energies"
@@ -121,6 +144,10 @@ class EnergyLog:
                 g.create_dataset(key, data=data)
             for table in ("train", "pretrain"):
                 _require_columns(f.require_group(table), table)
+            if "evaluation" in f and "params_step" not in f["evaluation"].attrs:
+                # Written by an older hpcwf at the end of its run: of the step its log ends at.
+                f["evaluation"].attrs["params_step"] = _n_steps(f["train"])
+                f["evaluation"].attrs["stale"] = 0
 
         # A damaged file is replaced by a fresh one: callers never resume into it (the run
         # refuses to, workflow._resume_point), and a run that starts over drops its rows anyway.
@@ -148,18 +175,9 @@ class EnergyLog:
         log_schema.check_row("pretrain", row)
         self._pretrain_buffer.append(row)
 
-    def start_pretrain(self) -> None:
-        """Empties /pretrain: a restarted pre-training starts over, so its old rows are stale."""
-        self._pretrain_buffer.clear()
-
-        def reset(f: h5py.File) -> None:
-            if "pretrain" in f:
-                del f["pretrain"]
-            _require_columns(f.create_group("pretrain"), "pretrain")
-
-        self._publish(reset)
-
     def _append_buffered(self, f: h5py.File) -> None:
+        if self._buffer:
+            _mark_stale_evaluation(f, lambda p: max(row["step"] for row in self._buffer) >= p)
         for group, fields, buffer in (
             ("train", TRAIN_FIELDS, self._buffer),
             ("pretrain", PRETRAIN_FIELDS, self._pretrain_buffer),
@@ -191,9 +209,11 @@ class EnergyLog:
             self.flush()
 
     def truncate(self, n_steps: int) -> None:
-        """Drops every row with step >= n_steps (used when resuming from a checkpoint)."""
+        """Drops every row with step >= n_steps (used when resuming from a checkpoint); an
+        evaluation of parameters after a later step is marked stale (a rollback)."""
 
         def cut(f: h5py.File) -> None:
+            _mark_stale_evaluation(f, lambda p: p > n_steps)
             train = f["train"]
             # Columns of unequal length: a flush of an older hpcwf (which wrote in place) was cut
             # short; its rows are after the checkpoint, so the common length is what counts.
@@ -204,9 +224,28 @@ class EnergyLog:
 
         self._publish_buffered(cut)
 
-    def write_evaluation(self, results: dict[int, dict], n_geometries: int, steps: int) -> None:
+    def start_over(self) -> None:
+        """Empties /train and /pretrain and drops /evaluation: a run that starts from scratch in
+        this file (no checkpoint to resume) keeps nothing of an earlier attempt."""
+        self._buffer.clear()
+        self._pretrain_buffer.clear()
+
+        def reset(f: h5py.File) -> None:
+            for table in ("train", "pretrain", "evaluation"):
+                if table in f:
+                    del f[table]
+            for table in ("train", "pretrain"):
+                _require_columns(f.create_group(table), table)
+
+        self._publish(reset)
+
+    def write_evaluation(
+        self, results: dict[int, dict], n_geometries: int, steps: int, params_step: int
+    ) -> None:
         """results: geometry index -> {column of `log_schema.EVALUATION`: value} (exactly those
-        keys, else LogFieldError); geometries without results get the columns' missing values."""
+        keys, else LogFieldError); geometries without results get the columns' missing values.
+        `steps`: evaluation steps; `params_step`: the optimization step of the parameters
+        evaluated (the run's /train rows end just before it)."""
         for res in results.values():
             log_schema.check_row("evaluation", res)
 
@@ -215,6 +254,8 @@ class EnergyLog:
                 del f["evaluation"]
             g = f.create_group("evaluation")
             g.attrs["steps"] = steps
+            g.attrs["params_step"] = int(params_step)
+            g.attrs["stale"] = 0
             for c in log_schema.EVALUATION:
                 data = np.full(n_geometries, c.missing, c.dtype)
                 for i, res in results.items():
@@ -222,3 +263,18 @@ class EnergyLog:
                 g.create_dataset(c.name, data=data)
 
         self._publish_buffered(store)
+
+
+def _n_steps(train: h5py.Group) -> int:
+    """Optimization steps in /train: its largest step + 1 (0 when empty)."""
+    common = min(train[name].shape[0] for name in TRAIN_FIELDS)
+    return int(train["step"][:common].max()) + 1 if common else 0
+
+
+def _mark_stale_evaluation(f: h5py.File, outdated: Callable[[int], bool]) -> None:
+    """Sets /evaluation's `stale` attr when `outdated(params_step)`: the run has trained past
+    the evaluated parameters, or rolled back before them."""
+    if "evaluation" in f:
+        attrs = f["evaluation"].attrs
+        if not attrs.get("stale", 0) and "params_step" in attrs and outdated(int(attrs["params_step"])):
+            attrs["stale"] = 1
