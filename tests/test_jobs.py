@@ -87,17 +87,22 @@ def test_finetuning_jobs_match_the_run_they_start_from(jobs):
 
 def test_full_scale_jobs_use_the_foundation_preset(jobs):
     """Every full-scale job that optimizes takes the paper's schedule from the one preset
-    rather than from copied numbers; the -cpu ones use the single-molecule preset (with their
-    own short-run values)."""
+    rather than from copied numbers: pre-training and scratch runs the foundation preset,
+    fine-tunes the single-molecule preset with the [init] offset (the paper's fine-tuning,
+    lr 0.0158 at step 0, one lr reduction); the -cpu ones use the single-molecule preset."""
     n = 0
     for stem, cfg in jobs.items():
         if cfg.optimization.steps == 0 or cfg.init.mode == "evaluate":
             continue
         text = (REPO / "jobs" / f"{stem}.toml").read_text()
-        if stem.endswith("-cpu"):
+        if cfg.init.checkpoint:
+            assert cfg.optimization.schedule == "molecule" and cfg.init.lr_factor == 1.0, stem
+            assert cfg.init.lr_offset == 32000 and cfg.init.damping == 1e-3, stem
+        elif stem.endswith("-cpu"):
             assert cfg.optimization.schedule == "molecule", stem
         else:
             assert cfg.optimization.schedule == "foundation", stem
+        if not stem.endswith("-cpu"):
             assert "\nlearning_rate = " not in text.split("[optimization]")[1].split("\n[")[0], stem
             n += 1
     assert n >= 10

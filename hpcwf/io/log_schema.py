@@ -131,14 +131,15 @@ PRETRAIN: tuple[Column, ...] = (
         "energy",
         np.float64,
         "Ha",
-        "end-of-pre-training check (one row per geometry, step = pre-training steps, loss NaN): "
-        "mean E_L of the pre-trained network, sampled from its own |psi|^2; NaN on step rows",
+        "start check, one row per geometry after the step rows (step = pre-training steps; 0 "
+        "when fine-tuning; loss NaN): mean E_L of the network VMC starts from, sampled from its "
+        "own psi^2; NaN on step rows",
     ),
     Column(
         "variance",
         np.float64,
         "Ha^2",
-        "end-of-pre-training check: variance of that E_L over the walkers; NaN on step rows",
+        "start check: variance of that E_L over the walkers; NaN on step rows",
     ),
 )
 
