@@ -509,3 +509,14 @@ def test_evaluations_far_above_hf_and_outside_the_training_set_are_flagged(capsy
     assert code == 0 and "-4.510000 +- 0.010000!" in out and "! above_hf: " in out
     code, out, _ = run_cli(capsys, "plot", str(run))
     assert code == 0 and "note: extrapolated (HeH+, LiH): " in out
+
+
+def test_accuracy_verdict_counts_the_error_bar():
+    from hpcwf.analysis.report import accuracy_verdict
+
+    row = {"name": "LiH", "source": "evaluation", "flags": "", "error": 0.0004}
+    assert "within chemical accuracy" in accuracy_verdict({**row, "error_mha": -0.9})
+    assert "within two error bars" in accuracy_verdict({**row, "error_mha": 2.2})
+    assert "NOT within" in accuracy_verdict({**row, "error_mha": 12.2})
+    assert accuracy_verdict({**row, "error_mha": None}) is None
+    assert accuracy_verdict({**row, "error_mha": 0.1, "source": "train"}) is None

@@ -197,6 +197,23 @@ def format_tau(row: dict) -> str:
     return format_value(row["autocorrelation_time"], ".1f")
 
 
+CHEMICAL_ACCURACY_MHA = 1.6  # 1 kcal/mol = 1.594 mHa
+
+
+def accuracy_verdict(row: dict) -> str | None:
+    """One line saying whether an evaluated energy is within chemical accuracy (1.6 mHa) of
+    its reference, counting its error bar; None without a reference or an evaluation."""
+    if row["error_mha"] is None or row["source"] != SOURCE_EVALUATION or row["flags"]:
+        return None
+    err, sigma = row["error_mha"], 1000.0 * (row["error"] or 0.0)
+    what = f"{row['name']}: E - reference = {err:+.1f} +- {sigma:.1f} mHa:"
+    if abs(err) <= CHEMICAL_ACCURACY_MHA:
+        return f"{what} within chemical accuracy ({CHEMICAL_ACCURACY_MHA} mHa)"
+    if abs(err) - 2.0 * sigma <= CHEMICAL_ACCURACY_MHA:
+        return f"{what} chemical accuracy ({CHEMICAL_ACCURACY_MHA} mHa) within two error bars"
+    return f"{what} NOT within chemical accuracy ({CHEMICAL_ACCURACY_MHA} mHa); train longer"
+
+
 def format_table(rows: list[dict]) -> str:
     """Fixed-width text table of `geometry_results` rows, with a note when some energies come
     from training (no evaluation yet)."""
@@ -230,6 +247,10 @@ def format_table(rows: list[dict]) -> str:
             "source train: not evaluated yet (or stale); mean of the last training steps (biased high while "
             "the optimization still improves)"
         )
+    for r in rows:
+        verdict = accuracy_verdict(r)
+        if verdict:
+            lines.append(verdict)
     flagged = {f: [r for r in rows if f in (r["flags"] or "").split(",")] for f in FLAG_NOTES}
     for flag, marked in flagged.items():
         if marked:
