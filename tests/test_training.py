@@ -177,6 +177,8 @@ name = "H2_c"
 atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.5, 0.0, 0.0]]
 [model]
 n_determinants = 2
+[pretraining]
+steps = 20
 [optimization]
 steps = 3
 batch_size = 32
