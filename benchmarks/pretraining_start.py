@@ -67,11 +67,13 @@ def run_system(geometry: dict, out: Path, repo: Path, settings: list[str]) -> di
     t0 = time.perf_counter()
     log_path = out / f"{name}.log"
     with open(log_path, "w") as log:
+        # cwd = the checkout: `python -m` puts the working directory first on sys.path.
         code = subprocess.call(
             [sys.executable, "-m", "hpcwf", "run", str(job_file)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            cwd=repo,
         )
     if code != 0:
         raise SystemExit(f"{name}: hpcwf run failed with exit code {code}; see {log_path}")
@@ -145,6 +147,7 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--baseline", type=Path, default=None)
     args = p.parse_args()
+    args.out = args.out.resolve()  # the runs' working directory is the checkout
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         systems = load_systems()
