@@ -72,9 +72,14 @@ class ElectronEmbedding(nn.Module):
         # and make E_L diverge there, while u still resolves the core.
         diff_en = electrons[:, None, :] - nuclei[None, :, :]
         dist_en = cusp_free_distance(safe_distances(diff_en, pad_diagonal=False), charges)
+        # exp(-u): 1 at the nucleus, where every other feature vanishes (an electron alone
+        # there would otherwise have h = 0 and orbitals that vanish at the nucleus).
+        features_en = jnp.concatenate(
+            [scaled_pair_features(diff_en, dist_en), jnp.exp(-dist_en)[..., None]], -1
+        )
         z_index = jnp.clip(jnp.round(charges).astype(jnp.int32), 0, MAX_NUCLEAR_CHARGE)
         z_embedding = nn.Embed(MAX_NUCLEAR_CHARGE + 1, self.width_nuc, name="z_embedding")(z_index)
-        en = nn.tanh(nn.Dense(self.width_nuc, name="en_input")(scaled_pair_features(diff_en, dist_en)))
+        en = nn.tanh(nn.Dense(self.width_nuc, name="en_input")(features_en))
         en = en * z_embedding[None, :, :]
         h = nn.Dense(self.width_one, name="one_input")(en.sum(axis=1))
 

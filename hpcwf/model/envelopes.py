@@ -32,9 +32,14 @@ from hpcwf.systems.slater_rules import VALENCE_EXPONENTS
 PRIOR_WEIGHT_FLOOR = 1e-2
 
 
+# a_I = CUSP_LENGTH / Z_I: the range of the cusp factor and of the envelopes' smoothing.
+CUSP_LENGTH = 1.0
+
+
 def cusp_length(charges: jnp.ndarray) -> jnp.ndarray:
-    """a_I = 1 / Z_I (bohr), the radius of a 1s orbital: where the cusp factor acts. [n_atoms]."""
-    return 1.0 / jnp.maximum(charges, 1.0)
+    """a_I = CUSP_LENGTH / Z_I (bohr), the radius of a 1s orbital: where the cusp factor acts.
+    [n_atoms]."""
+    return CUSP_LENGTH / jnp.maximum(charges, 1.0)
 
 
 def cusp_free_distance(dist_en: jnp.ndarray, charges: jnp.ndarray) -> jnp.ndarray:
