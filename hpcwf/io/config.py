@@ -127,13 +127,13 @@ class ModelConfig:
 class PretrainingConfig:
     """[pretraining]: supervised fit of the orbitals to Hartree-Fock."""
 
-    # 1000 steps at 3e-3 (DeepErwin and FermiNet pre-train 1000-2000): with the exact cusp and
+    # 1000 steps at 1e-3 (DeepErwin and FermiNet pre-train 1000-2000): with the exact cusp and
     # Slater-rule envelopes, VMC starts (benchmarks/pretraining_start.py) at Li +37 mHa from
-    # E_HF, variance 1.25 Ha^2, against +343 mHa / 2.89 after 300 steps (lr 1e-3); H2O +0.93
-    # Ha / 17.1 at 3e-3 against +1.25 Ha / 26.5 at 1e-3 and +3.8 Ha / 216 after 300 steps.
-    # The paper's jobs set their own values.
+    # E_HF, variance 1.25 Ha^2, against +343 mHa / 2.89 after 300 steps; H2O +1.25 Ha / 26.5
+    # against +3.8 Ha / 216 after 300. lr 3e-3 was not better overall (H2O +0.93 Ha, but Ne
+    # +1.27 Ha and O +0.23 Ha after 1000 steps). The paper's jobs set their own values.
     steps: int = _opt(1000, ge=0)
-    learning_rate: float = _opt(3e-3, gt=0.0)
+    learning_rate: float = _opt(1e-3, gt=0.0)
     batch_size: int = _opt(0, ge=0)  # 0 = optimization.batch_size
 
 
