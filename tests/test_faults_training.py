@@ -143,7 +143,10 @@ def test_a_non_finite_update_is_rolled_back_and_the_run_finishes(tmp_path):
     np.testing.assert_array_equal(log["rolled_back"], [0, 0, 0, 1, 1, 0, 0, 0])
     assert np.isfinite(log["energy"]).all() and (log["n_nonfinite"] == 0).all()
     with h5py.File(tmp_path / "run" / "energies.h5", "r") as f:
-        np.testing.assert_array_equal(f["pretrain/rolled_back"][:], [0, 1, 0])
+        # Three pre-training steps, then the start check's row (step 3, E_L of the network).
+        np.testing.assert_array_equal(f["pretrain/rolled_back"][:], [0, 1, 0, 0])
+        np.testing.assert_array_equal(f["pretrain/step"][:], [0, 1, 2, 3])
+        assert np.isfinite(f["pretrain/energy"][3]) and np.isnan(f["pretrain/energy"][:3]).all()
     run = tmp_path / "run" / "checkpoints"
     assert _all_finite(run / "params.h5")
     for ckpt in list_checkpoints(run):
