@@ -96,6 +96,10 @@ class LocalSlurm:
         while time.monotonic() < deadline:
             out = self.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip()
             if out == "idle":
+                # The first job step on a fresh slurmd fails MPI_Init under srun --mpi=pmi2
+                # (UCX "failed to unpack address", or a hang), every later one works: a plain
+                # step first, so that the tests' jobs are not that first one.
+                self.run("srun", "--ntasks=1", "--time=1", "true")
                 return
             time.sleep(0.5)
         raise RuntimeError(f"local SLURM node not idle after 60 s (sinfo: {out!r}); logs in {root}")

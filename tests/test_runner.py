@@ -59,7 +59,14 @@ class RejectingStage:
         self.extra = extra or {}
 
     def step(self, state: Count, key):
-        metrics = {"geometry": 0, "loss": 0.5, "rolled_back": 1, **self.extra}
+        metrics = {
+            "geometry": 0,
+            "loss": 0.5,
+            "rolled_back": 1,
+            "energy": float("nan"),
+            "variance": float("nan"),
+            **self.extra,
+        }
         return dataclasses.replace(state, step=state.step + 1), metrics
 
     def progress_line(self, state, rows, window, elapsed):

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -97,13 +98,14 @@ def slurm(tmp_path_factory):
     cluster.stop()
 
 
-def _wait(predicate, timeout: float, what: str, poll: float = 1.0):
+def _wait(predicate, timeout: float, what: str | Callable[[], str], poll: float = 1.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll)
+    what = what() if callable(what) else what  # a callable: the message as it is at the timeout
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -126,9 +128,10 @@ def pretrained(slurm, tmp_path_factory):
         str(job),
     )
     out = work / f"hpcwf-hpcwf-pretrain-{job_id}.out"
-    _wait(lambda: "\nstep " in _text(out), 300, "the first progress line")
+    tail = lambda: _text(out)[-2000:]  # noqa: E731
+    _wait(lambda: "\nstep " in _text(out), 300, lambda: f"the first progress line (output: {tail()})")
     slurm.run("scancel", "--signal=USR1", job_id)  # what slurmctld sends at --signal=USR1@T
-    _wait(lambda: "requeueing job" in _text(out), 120, f"the requeue (output: {_text(out)[-2000:]})")
+    _wait(lambda: "requeueing job" in _text(out), 120, lambda: f"the requeue (output: {tail()})")
     # A requeued job becomes eligible only after a delay (BeginTime) that lets the node finish
     # cleaning up the killed incarnation; once the node is idle again that is done, and the
     # rest of the delay need not be waited out.
@@ -136,7 +139,7 @@ def pretrained(slurm, tmp_path_factory):
     _wait(lambda: slurm.run("sinfo", "-h", "-o", "%t").stdout.strip() == "idle", 120, "the node to be idle")
     time.sleep(2)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
-    _wait(lambda: not slurm.in_queue(job_id), 400, f"job {job_id} to finish (output: {_text(out)[-2000:]})")
+    _wait(lambda: not slurm.in_queue(job_id), 400, lambda: f"job {job_id} to finish (output: {tail()})")
     return work / "run", _text(out), job_id
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import sys
 import time
@@ -390,7 +391,14 @@ def init_parallel() -> ParallelContext:
         kwargs = {}
         if gpu_ids is not None and not os.environ.get("JAX_LOCAL_DEVICE_IDS"):  # the user's choice wins
             kwargs["local_device_ids"] = gpu_ids
+        # jax.distributed installs its own SIGTERM handler (the coordination service's
+        # preemption notifier), which would replace hpcwf's graceful stop (hpcwf.signals)
+        # and leave a signalled job running: the handlers from before are put back.
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
         jax.distributed.initialize(address, num_processes=size, process_id=rank, **kwargs)
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
     import numpy as np
     from jax.sharding import Mesh
