@@ -68,6 +68,7 @@ from hpcwf.model.wavefunction import (
     init_params,
 )
 from hpcwf.parallel import ParallelContext, geometry_cost, init_parallel, shard_geometries
+from hpcwf.parallel.sharding import cost_classes, warmup_slots
 from hpcwf.runner import Runner, stage_key
 from hpcwf.signals import StopFlag
 from hpcwf.systems.hartree_fock import HartreeFockResult, descriptor_size
@@ -375,9 +376,12 @@ def _resume_point(cfg: JobConfig, out: Path, restart: str | None, log: Callable)
     return resume_path
 
 
-def _shard(cfg: JobConfig, ctx: ParallelContext) -> list[list[int]]:
+def _shard(cfg: JobConfig, ctx: ParallelContext) -> tuple[list[list[int]], list[int] | None]:
+    """(geometry indices of each rank, cost class of each geometry or None for one class)."""
+    costs = [geometry_cost(m.n_electrons) for m in cfg.geometries]
     try:
-        return shard_geometries([geometry_cost(m.n_electrons) for m in cfg.geometries], ctx.size)
+        classes = cost_classes(costs, ctx.size) if cfg.scheduler.cost_classes else None
+        return shard_geometries(costs, ctx.size, classes), classes
     except ValueError as err:
         raise ConfigError(cfg.job_file, "geometry", f"{err}; start fewer ranks") from err
 
@@ -419,7 +423,7 @@ def _run_job(
     out = Path(cfg.output.dir)
     ckpt_dir = out / "checkpoints"
     resume_path = ctx.root_decides(lambda: _resume_point(cfg, out, restart, log))
-    shards = _shard(cfg, ctx)
+    shards, classes = _shard(cfg, ctx)
     my_indices = shards[ctx.rank]
     for key, n in (
         ("optimization.batch_size", cfg.optimization.batch_size),
@@ -504,7 +508,10 @@ def _run_job(
             outside_training_set=outside,
         )
     runner = Runner(ctx, root, log, stop, energy_log, cfg.output.print_every)
-    vmc = VMCStage(cfg, model, systems, root, finetune=from_init, ctx=ctx, faults=faults)
+    slots = None if classes is None else warmup_slots(shards, classes)
+    vmc = VMCStage(
+        cfg, model, systems, root, finetune=from_init, ctx=ctx, faults=faults, classes=classes, slots=slots
+    )
 
     if resume_path is not None:
         state = load_train_state(resume_path, vmc, params, len(cfg.geometries))

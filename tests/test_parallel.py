@@ -20,7 +20,8 @@ import pytest
 from hpcwf.errors import LaunchError
 from hpcwf.io.checkpoint import load_params
 from hpcwf.parallel.context import cpu_devices_per_rank, local_gpu_ids, parse_cuda_visible_devices
-from hpcwf.parallel.sharding import geometry_cost, shard_geometries
+from hpcwf.parallel.sharding import cost_classes, geometry_cost, shard_geometries, warmup_slots
+from hpcwf.training.schedule import GeometryScheduler
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 needs_mpi = pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec next to {sys.executable}")
@@ -184,18 +185,93 @@ def test_one_process_splits_walkers_over_cpu_devices(tmp_path):
 def test_shards_are_deterministic_balanced_and_cover_the_dataset():
     n_electrons = [2, 4, 10, 10, 2, 6, 4, 18, 2]
     costs = [geometry_cost(n) for n in n_electrons]
-    shards = shard_geometries(costs, 3)
-    assert shards == shard_geometries(costs, 3)
-    assert sorted(i for s in shards for i in s) == list(range(len(costs)))
-    assert [len(s) for s in shards] == [3, 3, 3]
-    loads = [sum(costs[i] for i in s) for s in shards]
-    # Snake dealing puts the largest and the smallest together: no rank gets two of the top 3.
-    top3 = sorted(range(len(costs)), key=lambda i: -costs[i])[:3]
-    assert all(len(set(top3) & set(s)) == 1 for s in shards)
-    assert max(loads) - min(loads) <= max(costs)
+    for classes in (None, cost_classes(costs, 3)):
+        shards = shard_geometries(costs, 3, classes)
+        assert shards == shard_geometries(costs, 3, classes)
+        assert sorted(i for s in shards for i in s) == list(range(len(costs)))
+        assert [len(s) for s in shards] == [3, 3, 3]
+        # Dealt from the most expensive down: no rank gets two of the top 3.
+        top3 = sorted(range(len(costs)), key=lambda i: -costs[i])[:3]
+        assert all(len(set(top3) & set(s)) == 1 for s in shards)
     assert shard_geometries(costs, 1) == [list(range(len(costs)))]
     with pytest.raises(ValueError, match="cannot be shared"):
         shard_geometries(costs[:2], 3)
+    with pytest.raises(ValueError, match="cannot be shared"):
+        cost_classes(costs[:2], 3)
+
+
+# The paper's foundation set: 18 compounds, 20 geometries each (METHOD.md).
+FOUNDATION_ELECTRONS = [10] * 3 + [14] * 3 + [16] * 6 + [18] * 6
+
+
+@pytest.mark.parametrize("n_ranks", [1, 2, 7, 64, 120])
+def test_cost_classes_hold_equal_costs_and_every_rank_holds_every_class(n_ranks):
+    n_electrons = [n for n in FOUNDATION_ELECTRONS for _ in range(20)]
+    costs = [geometry_cost(n) for n in n_electrons]
+    classes = cost_classes(costs, n_ranks)
+    # Equal cost, equal class; classes ordered by cost; every class big enough for every rank.
+    for c1, c2, n1, n2 in zip(classes, classes[1:], n_electrons, n_electrons[1:], strict=False):
+        assert (n1 == n2) <= (c1 == c2) and (n1 <= n2) == (c1 <= c2)
+    sizes = np.bincount(classes)
+    assert (sizes >= n_ranks).all()
+    if n_ranks <= 60:
+        assert len(sizes) == 4  # 10, 14, 16 and 18 electrons apart
+    shards = shard_geometries(costs, n_ranks, classes)
+    lengths = [len(s) for s in shards]
+    assert max(lengths) - min(lengths) <= 1
+    for shard in shards:
+        assert {classes[i] for i in shard} == set(range(len(sizes)))
+
+
+def _simulate_lockstep(n_electrons: list[int], n_ranks: int, n_steps: int, seed: int = 0):
+    """Every rank's GeometryScheduler driven as VMCStage drives it (class priorities reduced by
+    maximum over ranks), with random variances that grow with the electron count. Returns the
+    dataset indices picked [n_steps, n_ranks], the dataset's classes and the warm-up length."""
+    costs = [geometry_cost(n) for n in n_electrons]
+    classes = cost_classes(costs, n_ranks)
+    shards = shard_geometries(costs, n_ranks, classes)
+    slots = warmup_slots(shards, classes)
+    schedulers = [
+        GeometryScheduler(len(s), warmup_rounds=1, classes=np.array([classes[i] for i in s]), slots=slots)
+        for s in shards
+    ]
+    rng = np.random.default_rng(seed)
+    picks = np.zeros((n_steps, n_ranks), np.int64)
+    for t in range(n_steps):
+        if schedulers[0].in_warmup(t):
+            local = [s.next_geometry(t) for s in schedulers]
+        else:
+            priority = np.max([s.class_priority(t) for s in schedulers], axis=0)
+            local = [s.next_geometry(t, GeometryScheduler.pick_class(priority)) for s in schedulers]
+        for rank, (s, j) in enumerate(zip(schedulers, local, strict=True)):
+            index = shards[rank][j]
+            picks[t, rank] = index
+            s.record(j, t, float(rng.gamma(2.0, n_electrons[index] ** 2 / 50)))
+    return picks, classes, len(slots)
+
+
+def test_with_cost_classes_all_ranks_step_through_the_same_class_and_nothing_starves():
+    n_electrons = [n for n in (10, 10, 14, 18) for _ in range(6)]
+    n_ranks, n_steps = 4, 300
+    picks, classes, n_warmup = _simulate_lockstep(n_electrons, n_ranks, n_steps)
+    step_classes = np.asarray(classes)[picks]
+    assert (step_classes == step_classes[:, :1]).all(), "a step mixed cost classes"
+    # The warm-up visits every geometry; afterwards none waits longer than max_age (2 x shard).
+    assert n_warmup == 3 + 2 + 2  # per class the longest share: 12/4, 6/4 rounded up, 6/4 up
+    assert set(picks[:n_warmup].ravel()) == set(range(len(n_electrons)))
+    for index in range(len(n_electrons)):
+        steps = np.flatnonzero((picks == index).any(axis=1))
+        assert np.diff(steps).max() <= 2 * len(n_electrons) // n_ranks + 1
+
+
+def test_one_rank_with_cost_classes_picks_the_largest_std_of_the_whole_dataset():
+    """The two-stage choice (class, then geometry) is the paper's argmax over all geometries."""
+    s = GeometryScheduler(4, warmup_rounds=1, max_age=100, classes=np.array([0, 1, 1, 0]))
+    for t, var in enumerate([1.0, 9.0, 4.0, 16.0]):
+        s.record(t, t, var)
+    assert s.next_geometry(4, s.pick_class(s.class_priority(4))) == 3
+    s.record(3, 4, 0.5)
+    assert s.next_geometry(5, s.pick_class(s.class_priority(5))) == 1
 
 
 # ---- the update itself ---------------------------------------------------------------------------

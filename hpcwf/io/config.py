@@ -207,6 +207,10 @@ class SchedulerConfig:
 
     warmup_rounds: int = _opt(1, ge=0)
     max_age: int = _opt(0, ge=0)  # 0 = 2 * n_geometries
+    # true: at each step every rank picks from the same cost class (equal electron count), so
+    # no rank waits for another's bigger molecule (hpcwf.parallel.sharding); false: each rank
+    # picks from its whole shard.
+    cost_classes: bool = _opt(True)
 
 
 @dataclasses.dataclass(frozen=True)

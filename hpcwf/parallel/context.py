@@ -195,6 +195,19 @@ class ParallelContext:
         self.comm.Allreduce(local, total, op=MPI.MAX)
         return [bool(f) for f in total]
 
+    def max(self, values):
+        """Element-wise maximum over ranks of a float array (one small allreduce)."""
+        import numpy as np
+
+        local = np.ascontiguousarray(values, np.float64)
+        if self.comm is None:
+            return local
+        from mpi4py import MPI
+
+        total = np.empty_like(local)
+        self.comm.Allreduce(local, total, op=MPI.MAX)
+        return total
+
     def barrier(self) -> None:
         if self.comm is not None:
             self.comm.Barrier()

@@ -1,4 +1,12 @@
-"""Deterministic, cost-balanced assignment of the geometry dataset to ranks."""
+"""Deterministic assignment of the geometry dataset to ranks, in cost classes.
+
+Ranks advance in lock-step, one geometry each per step, so a step lasts as long as the most
+expensive geometry picked on any rank. Geometries are therefore grouped into cost classes
+(equal cost, i.e. equal electron count; a class too small for every rank to hold one is merged
+into its neighbour) and every rank holds members of every class: at each step all ranks then
+pick from the same class (`GeometryScheduler`, `[scheduler] cost_classes`) and nobody waits for
+another rank's bigger molecule.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +19,66 @@ def geometry_cost(n_electrons: int) -> float:
     return float(n_electrons) ** 2
 
 
-def shard_geometries(costs: Sequence[float], n_ranks: int) -> list[list[int]]:
+def cost_classes(costs: Sequence[float], n_ranks: int) -> list[int]:
+    """Cost class of each geometry (0 = cheapest): geometries of equal cost form a class, and
+    a class with fewer than `n_ranks` members is merged into the next more expensive one (the
+    most expensive into the one below it), so that every rank can hold a member of every class.
+    One class when there are fewer than 2 * n_ranks geometries.
+
+    Returns one label per geometry; raises ValueError if there are fewer geometries than ranks.
+    """
+    _check(costs, n_ranks)
+    groups: list[list[int]] = []
+    for cost in sorted(set(costs)):
+        members = [i for i, c in enumerate(costs) if c == cost]
+        if groups and len(groups[-1]) < n_ranks:
+            groups[-1].extend(members)
+        else:
+            groups.append(members)
+    if len(groups) > 1 and len(groups[-1]) < n_ranks:
+        groups[-2].extend(groups.pop())
+    labels = [0] * len(costs)
+    for label, members in enumerate(groups):
+        for i in members:
+            labels[i] = label
+    return labels
+
+
+def shard_geometries(
+    costs: Sequence[float], n_ranks: int, classes: Sequence[int] | None = None
+) -> list[list[int]]:
     """Splits geometry indices 0..len(costs)-1 over `n_ranks` ranks.
 
-    Ranks advance in lock-step, one geometry each per step, so a step costs as much as the
-    most expensive geometry picked on any rank. Geometries are therefore dealt in "snake"
-    order of decreasing cost (rank 0, 1, ..., N-1, N-1, ..., 0, ...): every shard gets the
-    same number of geometries (+-1) and a similar mix of sizes, and the totals are balanced.
-    Ties keep dataset order, so the result depends only on (costs, n_ranks).
+    Classes (`cost_classes`; default: one class) are dealt from the most expensive down, each in
+    order of decreasing cost (ties: dataset order), round-robin with one pointer running on
+    over all classes: every rank holds a member of every class with at least `n_ranks` members,
+    shard sizes differ by at most one, and each rank's share of a class alternates between the
+    class's more and less expensive members. The result depends only on (costs, n_ranks,
+    classes).
 
     Returns one sorted list of dataset indices per rank; raises ValueError if there are fewer
     geometries than ranks (a rank without a geometry could not take part in the updates).
     """
+    _check(costs, n_ranks)
+    classes = [0] * len(costs) if classes is None else list(classes)
+    order = sorted(range(len(costs)), key=lambda i: (-classes[i], -costs[i], i))
+    shards: list[list[int]] = [[] for _ in range(n_ranks)]
+    for position, index in enumerate(order):
+        shards[position % n_ranks].append(index)
+    return [sorted(s) for s in shards]
+
+
+def warmup_slots(shards: Sequence[Sequence[int]], classes: Sequence[int]) -> list[tuple[int, int]]:
+    """The steps of one warm-up round as (class, k): every rank optimizes the k-th member of
+    `class` in its shard (k modulo its count), so that the ranks stay within one class and every
+    geometry is visited at least once per round. Classes in increasing cost."""
+    n_classes = max(classes) + 1
+    longest = [max(sum(1 for i in s if classes[i] == c) for s in shards) for c in range(n_classes)]
+    return [(c, k) for c in range(n_classes) for k in range(longest[c])]
+
+
+def _check(costs: Sequence[float], n_ranks: int) -> None:
     if n_ranks < 1:
         raise ValueError("n_ranks must be >= 1")
     if len(costs) < n_ranks:
         raise ValueError(f"{len(costs)} geometries cannot be shared by {n_ranks} ranks (need >= 1 each)")
-    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
-    shards: list[list[int]] = [[] for _ in range(n_ranks)]
-    for position, index in enumerate(order):
-        lap, offset = divmod(position, n_ranks)
-        rank = offset if lap % 2 == 0 else n_ranks - 1 - offset
-        shards[rank].append(index)
-    return [sorted(s) for s in shards]

@@ -15,6 +15,7 @@ stay as before the step (FermiNet's reset-if-NaN, DeepQMC's rewind), and the met
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -265,9 +266,14 @@ class VMCStage:
         finetune: bool,
         ctx: ParallelContext,
         faults: FaultInjection | None = None,
+        classes: list[int] | None = None,
+        slots: list[tuple[int, int]] | None = None,
     ):
         self.cfg, self.systems, self.root, self.ctx = cfg, systems, root, ctx
         self.faults = faults or FaultInjection()
+        # Cost class of each geometry of the dataset and the warm-up round, the same on every
+        # rank (hpcwf.parallel.sharding); None: one class, the shard in order.
+        self.classes, self.slots = classes, slots
         o = cfg.optimization
         self.n_steps = o.steps
         # Fine-tuning: fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3).
@@ -294,7 +300,10 @@ class VMCStage:
 
     def _scheduler(self, arrays: dict | None = None) -> GeometryScheduler:
         sched = self.cfg.scheduler
-        scheduler = GeometryScheduler(len(self.systems), sched.warmup_rounds, sched.max_age)
+        classes = None if self.classes is None else np.array([self.classes[s.index] for s in self.systems])
+        scheduler = GeometryScheduler(
+            len(self.systems), sched.warmup_rounds, sched.max_age, classes, self.slots
+        )
         if arrays is not None:
             scheduler.load_state_dict(arrays)  # a copy: the state passed in stays as it was
         return scheduler
@@ -395,8 +404,6 @@ class VMCStage:
         """The global update of step `t` from this rank's `batch`, kept only if the new
         parameters and optimizer state are finite on every rank. Returns (params, opt_state,
         info, sync_time, accepted); on rejection the old params and opt_state. Collective."""
-        import time
-
         local = jax.block_until_ready(self.optimizer.local_statistics(params, opt_state, key, batch))
         t_sync = time.perf_counter()
         new_params, new_state, info = self.update(params, opt_state, local, t)
@@ -417,7 +424,10 @@ class VMCStage:
         update. Skipped (rolled back) when a local energy is not finite on any rank."""
         t, params, opt_state = state.step, state.params, state.opt_state
         scheduler = self._scheduler(state.scheduler)
-        j = scheduler.next_geometry(t)  # position in this rank's shard
+        if scheduler.in_warmup(t) or scheduler.n_classes == 1:
+            j = scheduler.next_geometry(t)  # position in this rank's shard
+        else:  # the same cost class on every rank
+            j = scheduler.next_geometry(t, scheduler.pick_class(self.ctx.max(scheduler.class_priority(t))))
         s = self.systems[j]
         geometries = dict(state.geometries)
         if scheduler.n_updates[j] == 0:  # first visit: equilibrate its walkers
@@ -435,11 +445,15 @@ class VMCStage:
         k_sample, k_opt = jax.random.split(jax.random.fold_in(key, s.index))
         after, batch, stats = self.sample_and_measure(params, s.data, before, k_sample)
         stats = jax.device_get(stats)
-        # Skip the update if any rank has non-finite energies.
+        # Skip the update if any rank has non-finite energies. The first collective of the
+        # step: a rank that sampled faster than another waits here, counted in sync_time.
+        t_check = time.perf_counter()
         (skip,) = self.ctx.any([stats["n_nonfinite"] > 0])
+        check_time = time.perf_counter() - t_check
         info, sync_time, accepted = _NO_UPDATE, np.nan, False
         if not skip:
             params, opt_state, info, sync_time, accepted = self._update(params, opt_state, batch, k_opt, t)
+            sync_time += check_time
         geometries[s.index] = after if accepted else before
         scheduler.record(j, t, float(stats["variance"]))
         self._last = (stats, s, batch.electrons.shape[0])
