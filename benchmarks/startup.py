@@ -117,7 +117,8 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="hpcwf-startup-"))
     work.mkdir(parents=True, exist_ok=True)
     print(
-        f"foundation set (360 geometries), model {args.size}, {args.walkers} walkers, one core per rank; in {work}"
+        f"foundation set (360 geometries), model {args.size}, {args.walkers} walkers,"
+        f" one core per rank; in {work}"
     )
     print(
         f"{'ranks':>5} {'HF s':>7} {'first step s':>12} {'checkpoint s':>12} {'checkpoint MB':>13}"
