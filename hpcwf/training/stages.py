@@ -376,7 +376,7 @@ class VMCStage:
                 self.cfg.mcmc.burn_in_steps,
                 STAGE_PRETRAIN_CHECK,
             )
-            state = new_geometry_state(walkers)
+            state = place_walkers(self.ctx, new_geometry_state(walkers))  # as VMC places it: one compile
             means, variances = [], []
             for k in range(sweeps):
                 key = geometry_key(self.root, STAGE_PRETRAIN_CHECK, 1_000_000 + k, s.index)
