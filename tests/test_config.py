@@ -208,6 +208,8 @@ def test_section_not_a_table(tmp_path):
         ("hartree_fock", "basis = 3", "hartree_fock.basis"),
         ("hartree_fock", 'elements = "H"', "hartree_fock.elements"),
         ("optimization", "damping = nan", "optimization.damping"),
+        ("scheduler", 'cost_classes = "yes"', "scheduler.cost_classes"),
+        ("scheduler", "cost_classes = 1", "scheduler.cost_classes"),  # an int is not a bool
     ],
 )
 def test_wrong_type(tmp_path, section, text, key):

@@ -340,6 +340,33 @@ def test_two_ranks_train_different_molecules_in_lock_step(mpi_run):
 
 
 @needs_mpi
+def test_two_ranks_step_through_cost_classes_together(tmp_path):
+    """Two H2 and two LiH geometries on 2 ranks: two cost classes, each rank holds one of each,
+    and in every step both ranks work on the same molecule type (nobody waits for a LiH)."""
+    text = _job(tmp_path / "job.toml", tmp_path / "run", steps=10).read_text()
+    text = text.replace('name = "H2"', 'name = "H2_a"').replace('name = "LiH"', 'name = "LiH_a"')
+    text += """
+[[geometry]]
+name = "H2_b"
+atoms = [["H", 0.0, 0.0, 0.0], ["H", 1.5, 0.0, 0.0]]
+[[geometry]]
+name = "LiH_b"
+atoms = [["Li", 0.0, 0.0, 0.0], ["H", 3.2, 0.0, 0.0]]
+"""
+    job = tmp_path / "job.toml"
+    job.write_text(text)
+    proc = _run(2, job)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank   0: H2_a, LiH_a" in proc.stdout and "rank   1: H2_b, LiH_b" in proc.stdout, proc.stdout
+    is_lih = {0: False, 1: True, 2: False, 3: True}  # dataset order: H2_a, LiH_a, H2_b, LiH_b
+    rows = _rows_by_step(_train(tmp_path / "run"))
+    assert sorted(rows) == list(range(10))
+    kinds = [{is_lih[g] for g in geometries} for geometries in rows.values()]
+    assert all(len(k) == 1 for k in kinds), rows  # one class per step
+    assert {True} in kinds and {False} in kinds
+
+
+@needs_mpi
 def test_mpi_resume_is_exact_and_skips_a_corrupt_checkpoint(mpi_run, tmp_path):
     """Resuming at step 4 on 2 ranks redoes steps 4..7 bitwise as the straight run did."""
     run, _ = mpi_run

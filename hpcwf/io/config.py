@@ -350,6 +350,10 @@ def _convert(value: Any, typ: Any, key: str, file: str) -> Any:
         if not math.isfinite(value):
             raise ConfigError(file, key, f"must be finite, got {value}")
         return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(file, key, f"expected true or false, got {_describe(value)}")
+        return value
     if typ is str:
         if not isinstance(value, str):
             raise ConfigError(file, key, f"expected a string, got {_describe(value)}")
