@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Lock-step efficiency of pre-training on the foundation set, modelled for 2 ... 256 ranks.
+"""Lock-step efficiency of VMC on the foundation set, modelled for 2 ... 256 ranks.
 
 Ranks advance in lock-step, one geometry each per step, so a step lasts as long as the most
 expensive geometry picked on any rank; the others wait. This script models the share of the
@@ -82,16 +82,18 @@ print_every = 18
 ELECTRONS = {"H": 1, "C": 6, "N": 7, "O": 8}
 
 
-def geometry_toml(name: str, atoms: list) -> str:
-    listed = ", ".join(f'["{a[0]}", {a[1]}, {a[2]}, {a[3]}]' for a in atoms)
-    return f'\n[[geometry]]\nname = "{name}"\natoms = [{listed}]\n'
+def geometry_toml(geometry: dict, name: str | None = None) -> str:
+    """One [[geometry]] table: name, atoms, and spin/charge when the data set gives them."""
+    listed = ", ".join(f'["{a[0]}", {a[1]}, {a[2]}, {a[3]}]' for a in geometry["atoms"])
+    extra = "".join(f"{k} = {geometry[k]}\n" for k in ("spin", "charge") if k in geometry)
+    return f'\n[[geometry]]\nname = "{name or geometry["name"]}"\natoms = [{listed}]\n{extra}'
 
 
 def compounds() -> dict[str, dict]:
-    """Compound name -> {"atoms": first geometry's atoms, "n_geometries", "n_electrons"}."""
+    """Compound name -> {"geometry": its first geometry's table, "n_geometries", "n_electrons"}."""
     out: dict[str, dict] = {}
     for g in tomllib.loads(DATASET.read_text())["geometry"]:
-        entry = out.setdefault(g["group"], {"atoms": g["atoms"], "n_geometries": 0})
+        entry = out.setdefault(g["group"], {"geometry": g, "n_geometries": 0})
         entry["n_geometries"] += 1
         entry["n_electrons"] = sum(ELECTRONS[a[0]] for a in g["atoms"])
     return out
@@ -106,7 +108,7 @@ def measure(args) -> None:
     text = JOB.format(
         size=args.size, steps=rounds * len(mols), walkers=args.walkers, rounds=rounds, dir=work / "run"
     )
-    text += "".join(geometry_toml(name, m["atoms"]) for name, m in mols.items())
+    text += "".join(geometry_toml(m["geometry"], name) for name, m in mols.items())
     job = work / "job.toml"
     job.write_text(text)
     print(f"measuring {len(mols)} compounds, model {args.size}, {args.walkers} walkers, one core; in {work}")
@@ -196,7 +198,7 @@ def two_ranks(args) -> None:
         text = text.replace(
             "warmup_rounds = 1", f"warmup_rounds = 1\ncost_classes = {str(classes_on).lower()}"
         )
-        text += "".join(geometry_toml(g["name"], g["atoms"]) for g in chosen)
+        text += "".join(geometry_toml(g) for g in chosen)
         job = work / f"cost_classes_{classes_on}.toml"
         job.write_text(text)
         hpcwf = [sys.executable, "-m", "hpcwf", "run", str(job)]
@@ -212,13 +214,13 @@ def two_ranks(args) -> None:
         with h5py.File(run_dir / "energies.h5", "r", locking=False) as f:
             step, step_time, sync = f["train/step"][:], f["train/step_time"][:], f["train/sync_time"][:]
         per_step, waits = [], []
-        for t in np.unique(step[step >= 2 * len(chosen) // 2]):  # after every first visit
+        for t in np.unique(step[step >= len(chosen) // 2]):  # after the warm-up (first visits)
             rows = step == t
             per_step.append(step_time[rows].max())
             waits.append((sync[rows].max() - sync[rows].min()) / step_time[rows].max())
         s_step = float(np.median(per_step))
         print(
-            f"{str(classes_on).lower():>12} {len(per_step):>5} {s_step:>7.3f} {np.median(waits):>6.1%}"
+            f"{str(classes_on).lower():>12} {len(per_step):>5} {s_step:>7.3f} {np.nanmedian(waits):>6.1%}"
             f" {2 / s_step:>12.2f} {wall:>7.0f}"
         )
 

@@ -5,8 +5,9 @@ Each run is a fresh `hpcwf run` (empty HF cache) of inputs/datasets/foundation.t
 compounds x 20 geometries, STO-6G, elements H C N O) with no pre-training and ONE optimization
 step, one core per rank. From the output lines as they arrive (wall clock since launch):
 
-  - HF         until the `model:` line: MPI/JAX set-up, HF + Boys localization + descriptors of
-               this rank's shard on every rank (in parallel), the cache written, device arrays
+  - HF         until the `model:` line: MPI/JAX set-up, the model's parameter initialization,
+               HF + Boys localization + descriptors of each rank's shard on every rank (in
+               parallel), the cache written, device arrays
   - first step until the first `step` line: walkers of every geometry, the optimizer, the
                compilation and burn-in of the first step's geometries, the step
   - checkpoint from that line to the `checkpoint` line: the write of the checkpoint holding
@@ -81,17 +82,20 @@ def run(n_ranks: int, args, work: Path) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     marks: dict[str, float] = {}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_file = work / f"ranks{n_ranks}.stderr"  # a file, not a pipe: a full pipe would block the run
+    with err_file.open("w") as err_out:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=err_out, text=True)
     for line in proc.stdout:
         now = time.perf_counter() - t0
         for key, prefix in (("hf", "model:"), ("step", "step "), ("checkpoint", "checkpoint ")):
             if key not in marks and line.startswith(prefix):
                 marks[key] = now
-    err = proc.stderr.read()
-    peak_kib = int(err.rsplit("PEAK_RSS_KIB ", 1)[1].split()[0])
-    if proc.wait() != 0:
+    returncode = proc.wait()
+    err = err_file.read_text(errors="replace")
+    if returncode != 0:
         sys.exit(f"{n_ranks} ranks failed (exit {proc.returncode}):\n{err[-3000:]}")
     wall = time.perf_counter() - t0
+    peak_kib = int(err.rsplit("PEAK_RSS_KIB ", 1)[1].split()[0])
     ckpt = sorted((run_dir / "checkpoints").glob("ckpt_*.h5"))[-1]
     return {
         "ranks": n_ranks,

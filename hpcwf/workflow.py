@@ -380,7 +380,8 @@ def _shard(cfg: JobConfig, ctx: ParallelContext) -> tuple[list[list[int]], list[
     """(geometry indices of each rank, cost class of each geometry or None for one class)."""
     costs = [geometry_cost(m.n_electrons) for m in cfg.geometries]
     try:
-        classes = cost_classes(costs, ctx.size) if cfg.scheduler.cost_classes else None
+        # One rank never waits for another: its schedule stays the paper's (one class).
+        classes = cost_classes(costs, ctx.size) if cfg.scheduler.cost_classes and ctx.size > 1 else None
         return shard_geometries(costs, ctx.size, classes), classes
     except ValueError as err:
         raise ConfigError(cfg.job_file, "geometry", f"{err}; start fewer ranks") from err

@@ -193,6 +193,9 @@ def test_shards_are_deterministic_balanced_and_cover_the_dataset():
         # Dealt from the most expensive down: no rank gets two of the top 3.
         top3 = sorted(range(len(costs)), key=lambda i: -costs[i])[:3]
         assert all(len(set(top3) & set(s)) == 1 for s in shards)
+    # One class: the snake pairs the largest with the smallest, so the totals balance.
+    loads = [sum(costs[i] for i in s) for s in shard_geometries(costs, 3)]
+    assert max(loads) - min(loads) <= max(costs)
     assert shard_geometries(costs, 1) == [list(range(len(costs)))]
     with pytest.raises(ValueError, match="cannot be shared"):
         shard_geometries(costs[:2], 3)

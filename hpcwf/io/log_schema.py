@@ -101,8 +101,9 @@ TRAIN: tuple[Column, ...] = (
         "sync_time",
         np.float64,
         "s",
-        "time in the step's collectives: the non-finite check after sampling and the global "
-        "update (waiting for the other ranks, all-reduce, K-FAC inverses); NaN for a skipped update",
+        "time in the step's collectives: the choice of the cost class, the non-finite check after "
+        "sampling and the global update (waiting for the other ranks, all-reduce, K-FAC "
+        "inverses); NaN for a skipped update",
     ),
     Column("n_nonfinite", np.int32, "", "walkers with a non-finite E_L", missing=0),
     Column(

@@ -50,21 +50,27 @@ def shard_geometries(
     """Splits geometry indices 0..len(costs)-1 over `n_ranks` ranks.
 
     Classes (`cost_classes`; default: one class) are dealt from the most expensive down, each in
-    order of decreasing cost (ties: dataset order), round-robin with one pointer running on
-    over all classes: every rank holds a member of every class with at least `n_ranks` members,
-    shard sizes differ by at most one, and each rank's share of a class alternates between the
-    class's more and less expensive members. The result depends only on (costs, n_ranks,
-    classes).
+    order of decreasing cost (ties: dataset order), over the ranks ordered by how many
+    geometries they hold so far (fewest first, ties by rank): full laps in "snake" order
+    (forward, backward, ...: a rank's expensive members are paired with cheaper ones), the last,
+    partial lap to the ranks holding fewest. So every rank holds a member of every class with at
+    least `n_ranks` members, and shard sizes differ by at most one. With one class this is the
+    snake from rank 0. The result depends only on (costs, n_ranks, classes).
 
     Returns one sorted list of dataset indices per rank; raises ValueError if there are fewer
     geometries than ranks (a rank without a geometry could not take part in the updates).
     """
     _check(costs, n_ranks)
     classes = [0] * len(costs) if classes is None else list(classes)
-    order = sorted(range(len(costs)), key=lambda i: (-classes[i], -costs[i], i))
     shards: list[list[int]] = [[] for _ in range(n_ranks)]
-    for position, index in enumerate(order):
-        shards[position % n_ranks].append(index)
+    for c in sorted(set(classes), reverse=True):
+        members = sorted((i for i in range(len(costs)) if classes[i] == c), key=lambda i: (-costs[i], i))
+        order = sorted(range(n_ranks), key=lambda r: (len(shards[r]), r))
+        full_laps = len(members) // n_ranks
+        for position, index in enumerate(members):
+            lap, offset = divmod(position, n_ranks)
+            backward = lap % 2 == 1 and lap < full_laps
+            shards[order[n_ranks - 1 - offset if backward else offset]].append(index)
     return [sorted(s) for s in shards]
 
 

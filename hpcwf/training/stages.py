@@ -424,10 +424,14 @@ class VMCStage:
         update. Skipped (rolled back) when a local energy is not finite on any rank."""
         t, params, opt_state = state.step, state.params, state.opt_state
         scheduler = self._scheduler(state.scheduler)
+        choice_time = 0.0
         if scheduler.in_warmup(t) or scheduler.n_classes == 1:
             j = scheduler.next_geometry(t)  # position in this rank's shard
-        else:  # the same cost class on every rank
-            j = scheduler.next_geometry(t, scheduler.pick_class(self.ctx.max(scheduler.class_priority(t))))
+        else:  # the same cost class on every rank (a collective: its wait counts in sync_time)
+            t_choice = time.perf_counter()
+            priority = self.ctx.max(scheduler.class_priority(t))
+            choice_time = time.perf_counter() - t_choice
+            j = scheduler.next_geometry(t, scheduler.pick_class(priority))
         s = self.systems[j]
         geometries = dict(state.geometries)
         if scheduler.n_updates[j] == 0:  # first visit: equilibrate its walkers
@@ -453,7 +457,7 @@ class VMCStage:
         info, sync_time, accepted = _NO_UPDATE, np.nan, False
         if not skip:
             params, opt_state, info, sync_time, accepted = self._update(params, opt_state, batch, k_opt, t)
-            sync_time += check_time
+            sync_time += check_time + choice_time
         geometries[s.index] = after if accepted else before
         scheduler.record(j, t, float(stats["variance"]))
         self._last = (stats, s, batch.electrons.shape[0])
