@@ -630,7 +630,7 @@ def references_text(used: dict[Reference, list[str]]) -> str:
         "",
         "Exact non-relativistic energies of first-row atoms (estimated from the correlation",
         "energies of Chakravorty et al., Phys. Rev. A 47, 3649 (1993), Table XI; the values of",
-        "Pfau et al., Phys. Rev. Research 2, 033429 (2020), Table I, column \"Exact\").",
+        'Pfau et al., Phys. Rev. Research 2, 033429 (2020), Table I, column "Exact").',
         "",
         "| energy (Ha) | method | source | system | attached to |",
         "|---|---|---|---|---|",
