@@ -185,15 +185,7 @@ class ParallelContext:
 
     def any(self, flags: list[bool]) -> list[bool]:
         """Element-wise OR over ranks (one small allreduce)."""
-        if self.comm is None:
-            return [bool(f) for f in flags]
-        import numpy as np
-        from mpi4py import MPI
-
-        local = np.asarray(flags, np.int32)
-        total = np.empty_like(local)
-        self.comm.Allreduce(local, total, op=MPI.MAX)
-        return [bool(f) for f in total]
+        return [bool(f) for f in self.max([float(bool(f)) for f in flags])]
 
     def max(self, values):
         """Element-wise maximum over ranks of a float array (one small allreduce)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from hpcwf.parallel.sharding import warmup_slots
+
 
 def learning_rate(step, lr0: float, decay_steps: float, offset: float = 0.0):
     """lr(t) = lr0 / (1 + (t + offset) / decay_steps); works on ints and traced arrays."""
@@ -52,10 +54,8 @@ class GeometryScheduler:
         self.max_age = max_age if max_age > 0 else 2 * n_geometries
         self.classes = np.zeros(n_geometries, np.int64) if classes is None else np.asarray(classes, np.int64)
         self.n_classes = int(self.classes.max()) + 1 if n_geometries else 0
-        if slots is None:  # this shard alone, class by class
-            counts = np.bincount(self.classes, minlength=self.n_classes)
-            slots = [(c, k) for c in range(self.n_classes) for k in range(counts[c])]
-        self.slots = list(slots)
+        # Default: this shard alone, class by class.
+        self.slots = warmup_slots([range(n_geometries)], self.classes) if slots is None else list(slots)
         self.last_step = np.full(n_geometries, -1, dtype=np.int64)
         self.std = np.full(n_geometries, np.inf)
         self.n_updates = np.zeros(n_geometries, dtype=np.int64)
