@@ -19,6 +19,9 @@ between ranks; the sampler is a pure function of (params, geometry, state, key).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,35 +106,73 @@ def _gaussian_log_density(x: jnp.ndarray, mean: jnp.ndarray, width: jnp.ndarray)
     return jnp.sum(-0.5 * sq / width**2 - 3.0 * jnp.log(width), axis=-1)
 
 
-def make_mcmc_sweep(
-    log_abs_batched: BatchedLogAbsPsi,
-    n_steps: int,
-    target_acceptance: float = 0.5,
-    max_age: int = 20,
-    proposal: str = "gaussian",
-) -> MCMCSweep:
-    """Returns sweep(params, geometry, state, key) -> (state, acceptance).
+def _identity(x):
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class WalkerGroup:
+    """How one geometry's walkers are shared by the ranks that sample it together
+    (`[parallel] ranks_per_geometry`): this rank holds walkers first_walker ... first_walker +
+    n_local - 1 of the geometry's batch; `gather` concatenates a per-walker array [n_local, ...]
+    of every rank of the group, in walker order, to [n_group, ...]; `mean` averages a scalar
+    over the group's ranks (all hold equally many walkers, so it is the mean over walkers).
+    `hpcwf.parallel.ParallelContext.walker_group` builds one over MPI; the default is a rank
+    that holds all walkers of its geometry (no communication)."""
+
+    first_walker: int = 0
+    gather: Callable = _identity
+    mean: Callable = _identity
+
+
+ONE_RANK = WalkerGroup()
+
+
+def walker_keys(key: jax.Array, first_walker, n_walkers: int) -> jax.Array:
+    """One key per walker, [n_walkers] keys: `key` folded with the walker's index in its
+    geometry's batch. So a walker draws the same numbers whichever rank or device holds it,
+    and splitting a batch over ranks (WalkerGroup) or devices changes no sample."""
+    index = jnp.asarray(first_walker, jnp.int32) + jnp.arange(n_walkers, dtype=jnp.int32)
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, index)
+
+
+def adapt_step_size(state: WalkerState, acceptance, target_acceptance: float) -> WalkerState:
+    """`state` with its step size scaled towards `target_acceptance` after a sweep that
+    accepted the fraction `acceptance` of its proposals: by sqrt((acc + 0.05) / (target +
+    0.05)), bounded to [0.8, 1.25] so one noisy sweep cannot collapse it, and kept in [1e-3, 5]."""
+    factor = jnp.clip(jnp.sqrt((acceptance + 0.05) / (target_acceptance + 0.05)), 0.8, 1.25)
+    return state.replace(step_size=jnp.clip(state.step_size * factor, 1e-3, 5.0))
+
+
+def make_mcmc_moves(
+    log_abs_batched: BatchedLogAbsPsi, n_steps: int, max_age: int = 20, proposal: str = "gaussian"
+) -> Callable:
+    """Returns moves(params, geometry, state, key, first_walker=0) -> (state, acceptance):
+    `n_steps` Metropolis-Hastings steps with `proposal` (one of PROPOSALS) at the state's step
+    size, which stays as it is (`adapt_step_size` adapts it from the acceptance, a scalar in
+    [0, 1]: the mean over these walkers). Walkers rejected `max_age` times in a row are moved
+    unconditionally (they are stuck in a region the current parameters no longer favour).
+    Random numbers are drawn per walker (`walker_keys`, with `first_walker` the index of the
+    state's first walker in its geometry's batch). ValueError for an unknown proposal.
 
     `log_abs_batched(params, electrons [n_w, n_el, 3], geometry) -> [n_w]`.
-    Runs `n_steps` Metropolis-Hastings steps with `proposal` (one of PROPOSALS); walkers that
-    were rejected `max_age` times in a row are moved unconditionally (they are stuck in a
-    region the current parameters no longer favour). After the sweep the step size is scaled
-    towards `target_acceptance`. ValueError for an unknown proposal.
     """
     if proposal not in PROPOSALS:
         raise ValueError(f"unknown MCMC proposal {proposal!r}; choose one of {', '.join(PROPOSALS)}")
     scaled = proposal == "nuclear-distance"
 
-    def sweep(params, geometry: GeometryData, state: WalkerState, key: jax.Array):
+    def moves(params, geometry: GeometryData, state: WalkerState, key: jax.Array, first_walker=0):
         # log_prob may come from older parameters: refresh once before moving.
         log_prob = 2.0 * log_abs_batched(params, state.electrons, geometry)
         state = state.replace(log_prob=log_prob)
+        n_walkers = state.electrons.shape[0]
 
         def step(carry, key):
             state, accepted_total = carry
-            k_move, k_accept = jax.random.split(key)
+            keys = walker_keys(key, first_walker, n_walkers)
             x = state.electrons
-            noise = jax.random.normal(k_move, x.shape, x.dtype)
+            k_move, k_accept = jax.vmap(lambda k: (jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)))(keys)
+            noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(k_move)
             if scaled:
                 width = state.step_size * harmonic_mean_distance(x, geometry.nuclei) ** DISTANCE_POWER
                 proposal = x + width[..., None] * noise
@@ -145,7 +186,7 @@ def make_mcmc_sweep(
                 proposal = x + state.step_size * noise
                 log_hastings = jnp.zeros(x.shape[0], x.dtype)
             log_prob_new = 2.0 * log_abs_batched(params, proposal, geometry)
-            log_u = jnp.log(jax.random.uniform(k_accept, log_prob_new.shape, log_prob_new.dtype))
+            log_u = jnp.log(jax.vmap(lambda k: jax.random.uniform(k, (), x.dtype))(k_accept))
             accept = (log_u < log_prob_new - state.log_prob + log_hastings) | (state.age >= max_age)
             accept = accept & jnp.isfinite(log_prob_new)
             state = state.replace(
@@ -158,10 +199,49 @@ def make_mcmc_sweep(
         (state, accepted), _ = jax.lax.scan(
             step, (state, jnp.zeros((), state.log_prob.dtype)), jax.random.split(key, n_steps)
         )
-        acceptance = accepted / n_steps
-        # Multiplicative adaptation, bounded so one noisy sweep cannot collapse the step size.
-        factor = jnp.clip(jnp.sqrt((acceptance + 0.05) / (target_acceptance + 0.05)), 0.8, 1.25)
-        state = state.replace(step_size=jnp.clip(state.step_size * factor, 1e-3, 5.0))
-        return state, acceptance
+        return state, accepted / n_steps
+
+    return moves
+
+
+def make_mcmc_sweep(
+    log_abs_batched: BatchedLogAbsPsi,
+    n_steps: int,
+    target_acceptance: float = 0.5,
+    max_age: int = 20,
+    proposal: str = "gaussian",
+) -> MCMCSweep:
+    """Returns sweep(params, geometry, state, key) -> (state, acceptance): `make_mcmc_moves`'s
+    `n_steps` steps of walkers that are a whole batch (first_walker 0), then the step size
+    adapted from their acceptance (`adapt_step_size`). ValueError for an unknown proposal."""
+    moves = make_mcmc_moves(log_abs_batched, n_steps, max_age, proposal)
+
+    def sweep(params, geometry: GeometryData, state: WalkerState, key: jax.Array):
+        state, acceptance = moves(params, geometry, state, key)
+        return adapt_step_size(state, acceptance, target_acceptance), acceptance
+
+    return sweep
+
+
+def make_grouped_sweep(
+    log_abs_batched: BatchedLogAbsPsi,
+    n_steps: int,
+    target_acceptance: float,
+    max_age: int,
+    proposal: str,
+    group: WalkerGroup = ONE_RANK,
+) -> MCMCSweep:
+    """`make_mcmc_sweep` for walkers shared by the ranks of `group`: sweep(params, geometry,
+    state, key) -> (state, acceptance of the whole group), the moves jitted, the step size
+    adapted from the group's acceptance, so every rank of the group keeps the same step size
+    and the result equals one rank holding all the walkers. Not itself jitted (the group's
+    mean is a host collective); with ONE_RANK it moves no data to the host."""
+    moves = jax.jit(make_mcmc_moves(log_abs_batched, n_steps, max_age, proposal))
+    adapt = jax.jit(adapt_step_size, static_argnums=2)
+
+    def sweep(params, geometry: GeometryData, state: WalkerState, key: jax.Array):
+        state, acceptance = moves(params, geometry, state, key, group.first_walker)
+        acceptance = group.mean(acceptance)
+        return adapt(state, acceptance, target_acceptance), acceptance
 
     return sweep

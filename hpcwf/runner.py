@@ -102,7 +102,7 @@ class Runner:
             if stage.table is not None:
                 bookkeeping = {"step": t, "time": time.perf_counter() - t_start, "step_time": step_time}
                 row = {**{k: v for k, v in bookkeeping.items() if k in runner_columns}, **metrics}
-                rows = ctx.gather(row)
+                rows = ctx.gather_per_rank_group(row)  # the ranks of a group log one row
                 if energy_log is not None:
                     self._append(stage.table, rows)
             if rejected and ctx.is_root:

@@ -84,6 +84,7 @@ from hpcwf.training.stages import (
     hf_density_electrons,
 )
 from hpcwf.training.state import TrainState, read_train_state, write_train_state
+from hpcwf.training.vmc import join_walker_shares, walker_share
 
 
 def _device_orbitals(hf: HartreeFockResult) -> HartreeFockOrbitals:
@@ -108,11 +109,13 @@ def prepare_systems(
     """HF and device arrays for the geometries `indices` (this rank's shard), and on rank 0
     {global index: E_HF (Ha)} of every geometry ({} on the other ranks).
 
-    Every rank reads the cache for its shard and runs the missing HF calculations itself (in
-    parallel over ranks), storing each result in the cache as it completes (a stop or a crash
-    in the middle of HF keeps the finished ones: `IncrementalStore`). Ranks storing at the same
-    moment can drop each other's new entries (the later rename wins), so rank 0 finally
-    stores whatever of the gathered results the cache lacks.
+    Every rank reads the cache for its part of its shard (the ranks of a group sharing a
+    geometry split their shard between them and exchange the results) and runs the missing HF
+    calculations itself (in parallel over ranks), storing each result in the cache as it
+    completes (a stop or a crash in the middle of HF keeps the finished ones:
+    `IncrementalStore`). Ranks storing at the same moment can drop each other's new entries
+    (the later rename wins), so rank 0 finally stores whatever of the gathered results the
+    cache lacks.
     """
     cache = HartreeFockCache(cache_path)
     basis, elements = cfg.hartree_fock.basis, cfg.hartree_fock.elements
@@ -121,7 +124,7 @@ def prepare_systems(
     on_stored = None if progress is None else (lambda n: progress.update(hf_stored=n))
     with cache.incremental(on_stored=on_stored) as store:
         faults.hf_progress(0)
-        for i in indices:
+        for i in indices[ctx.group_rank :: ctx.group_size]:
             mol = cfg.geometries[i]
             t0 = time.perf_counter()
             hf = cache.lookup(mol, basis, elements)
@@ -136,7 +139,9 @@ def prepare_systems(
                 f"{source} on rank {ctx.rank}, {time.perf_counter() - t0:.1f} s)"
             )
             faults.hf_progress(len(results))
-    gathered = ctx.gather((computed, lines, {i: float(results[i].energy) for i in indices}))
+    gathered = ctx.gather((computed, lines, {i: float(hf.energy) for i, hf in results.items()}))
+    for part in ctx.group_allgather(results):  # the rest of the group's shard
+        results.update(part)
     hf_energies: dict[int, float] = {}
     if ctx.is_root:
         entries = [
@@ -377,14 +382,43 @@ def _resume_point(cfg: JobConfig, out: Path, restart: str | None, log: Callable)
 
 
 def _shard(cfg: JobConfig, ctx: ParallelContext) -> tuple[list[list[int]], list[int] | None]:
-    """(geometry indices of each rank, cost class of each geometry or None for one class)."""
-    costs = [geometry_cost(m.n_electrons) for m in cfg.geometries]
+    """(geometry indices of each group of ranks sharing a geometry, i.e. of each rank when
+    ranks_per_geometry is 1; cost class of each geometry or None for one class)."""
+    costs = [geometry_cost(m.n_electrons, m.n_atoms) for m in cfg.geometries]
+    n = ctx.n_rank_groups
     try:
-        # One rank never waits for another: its schedule stays the paper's (one class).
-        classes = cost_classes(costs, ctx.size) if cfg.scheduler.cost_classes and ctx.size > 1 else None
-        return shard_geometries(costs, ctx.size, classes), classes
+        # One group never waits for another: its schedule stays the paper's (one class).
+        classes = cost_classes(costs, n) if cfg.scheduler.cost_classes and n > 1 else None
+        return shard_geometries(costs, n, classes), classes
     except ValueError as err:
-        raise ConfigError(cfg.job_file, "geometry", f"{err}; start fewer ranks") from err
+        fewer = "start fewer ranks" if ctx.group_size == 1 else "start fewer ranks or share geometries more"
+        raise ConfigError(cfg.job_file, "geometry", f"{err}; {fewer}") from err
+
+
+def _with_walker_groups(cfg: JobConfig, ctx: ParallelContext) -> ParallelContext:
+    """`ctx` with its ranks in groups of [parallel] ranks_per_geometry; ConfigError (on every
+    rank) for a group size that does not divide the ranks or the walkers."""
+    k = cfg.parallel.ranks_per_geometry
+    if ctx.size % k:
+        raise ConfigError(
+            cfg.job_file,
+            "parallel.ranks_per_geometry",
+            f"{k} does not divide the {ctx.size} rank(s) of this launch: start a multiple of {k} ranks",
+        )
+    for key, n in (
+        ("optimization.batch_size", cfg.optimization.batch_size),
+        ("pretraining.batch_size", cfg.pretraining.batch_size),
+    ):
+        share = k * ctx.n_local_devices  # each rank splits its walkers evenly over its devices
+        if n % share:
+            where = (
+                f"the {ctx.n_local_devices} device(s) of each of {k} ranks"
+                if k > 1
+                else (f"the {ctx.n_local_devices} devices of a rank")
+            )
+            why = f"{n} walkers cannot be split evenly over {where}: use a multiple of {share}"
+            raise ConfigError(cfg.job_file, key, why)
+    return ctx.with_ranks_per_geometry(k)
 
 
 def run_job(
@@ -424,19 +458,9 @@ def _run_job(
     out = Path(cfg.output.dir)
     ckpt_dir = out / "checkpoints"
     resume_path = ctx.root_decides(lambda: _resume_point(cfg, out, restart, log))
+    ctx = _with_walker_groups(cfg, ctx)
     shards, classes = _shard(cfg, ctx)
-    my_indices = shards[ctx.rank]
-    for key, n in (
-        ("optimization.batch_size", cfg.optimization.batch_size),
-        ("pretraining.batch_size", cfg.pretraining.batch_size),
-    ):
-        if n % ctx.n_local_devices:  # each rank splits its walkers evenly over its devices
-            raise ConfigError(
-                cfg.job_file,
-                key,
-                f"{n} walkers cannot be split evenly over the {ctx.n_local_devices} devices of a "
-                f"rank: use a multiple of {ctx.n_local_devices}",
-            )
+    my_indices = shards[ctx.rank_group]
 
     model = make_model(cfg)
     root = jax.random.PRNGKey(cfg.seed)
@@ -484,7 +508,16 @@ def _run_job(
             progress.update()
     else:
         progress = None
-    if ctx.size > 1:
+    if ctx.size > 1 and ctx.group_size > 1:
+        k = ctx.group_size
+        log(
+            f"parallel: {ctx.size} ranks x {ctx.n_local_devices} devices, {k} ranks per geometry "
+            f"({cfg.optimization.batch_size // k} walkers each); geometries per group of ranks:"
+        )
+        for group, shard in enumerate(shards):
+            ranks = f"{group * k}-{group * k + k - 1}"
+            log(f"  ranks {ranks:>7}: {', '.join(cfg.geometries[i].name for i in shard)}")
+    elif ctx.size > 1:
         log(f"parallel: {ctx.size} ranks x {ctx.n_local_devices} devices; geometries per rank:")
         for rank, shard in enumerate(shards):
             log(f"  rank {rank:>3}: {', '.join(cfg.geometries[i].name for i in shard)}")
@@ -528,6 +561,9 @@ def _run_job(
             log(f"init: parameters from {init_file} (mode = {cfg.init.mode})")
             if finetune_schedule(cfg):
                 log(finetune_schedule(cfg))
+        # The whole batch of each geometry is drawn alike on every rank (pre-training takes its
+        # share of its front); each rank keeps its share for VMC, so the walkers do not depend
+        # on the rank layout.
         walkers = {
             s.index: initial_electrons(
                 np.random.default_rng([cfg.seed, s.index]),
@@ -543,6 +579,9 @@ def _run_job(
             pre = PretrainStage(cfg, model, systems, ctx, faults)
             pretrained = runner.run(pre, pre.initial_state(params, walkers))
             params, walkers = pretrained.params, pre.sampled_electrons(pretrained, walkers)
+        first, n_local = vmc.group.first_walker, vmc.n_walkers
+        walkers = {i: w[first : first + n_local] for i, w in walkers.items()}
+        if not init_file and cfg.pretraining.steps > 0:
             walkers = _start_check(vmc, params, walkers, pre.n_steps, "pretrained", ctx, energy_log, log)
         elif init_file:
             # A fine-tune (or evaluation) starts its walkers in the HF density, then equilibrates
@@ -596,7 +635,7 @@ def _start_check(
     for i, electrons in equilibrated.items():
         walkers[i][: electrons.shape[0]] = electrons
     hf_energy = {s.index: s.hf.energy for s in vmc.systems}
-    gathered = ctx.gather((rows, hf_energy))
+    gathered = ctx.gather_per_rank_group((rows, hf_energy))
     if ctx.is_root:
         all_rows = sorted((r for part, _ in gathered for r in part), key=lambda r: r["geometry"])
         e_hf = {i: e for _, part in gathered for i, e in part.items()}
@@ -740,8 +779,9 @@ def save_train_state(
     faults: FaultInjection,
 ) -> Path:
     """Gathers every rank's geometry states and scheduler entries; rank 0 writes the whole
-    train state to `checkpoint_path(ckpt_dir, state.step)` and applies the retention. Raises
-    StorageError on every rank when the file cannot be written. Collective."""
+    train state to `checkpoint_path(ckpt_dir, state.step)` (each geometry's walkers joined from
+    the ranks of its group, in walker order) and applies the retention. Raises StorageError on
+    every rank when the file cannot be written. Collective."""
     mine = (
         {i: jax.device_get(g) for i, g in state.geometries.items()},
         {i: {k: v[j] for k, v in state.scheduler.items()} for j, i in enumerate(state.geometries)},
@@ -754,10 +794,12 @@ def save_train_state(
         digests = [part[2] for part in parts]
         if len(set(digests)) > 1:  # must never happen: the update is the same on all ranks
             raise RuntimeError(f"parameters differ between ranks at step {state.step}: {digests}")
-        geometries, per_geometry = {}, {}
-        for part_states, part_sched, _ in parts:
-            geometries.update(part_states)
-            per_geometry.update(part_sched)
+        shares, per_geometry = {}, {}
+        for part_states, part_sched, _ in parts:  # in rank order: walker order within a group
+            for i, g in part_states.items():
+                shares.setdefault(i, []).append(g)
+            per_geometry.update(part_sched)  # equal on the ranks of a group
+        geometries = {i: join_walker_shares(g) for i, g in shares.items()}
         order = range(len(cfg.geometries))
         whole = state.replace(
             params=params,
@@ -793,12 +835,18 @@ def save_train_state(
 
 
 def load_train_state(path: Path, vmc: VMCStage, params_template, n_geometries: int) -> TrainState:
-    """This rank's part of the train state in `path` (written by any number of ranks), placed
-    on its devices; a checkpoint without optimizer state gets a fresh one."""
-    template = vmc.state_template(params_template)
+    """This rank's part of the train state in `path` (written by any number of ranks, with any
+    ranks_per_geometry): its group's geometries, of each its share of the walkers, placed on
+    its devices; a checkpoint without optimizer state gets a fresh one."""
+    template = vmc.state_template(params_template, vmc.cfg.optimization.batch_size)
     if not checkpoint_has_optimizer_state(path):
         template = template.replace(opt_state=None)
     state, _ = read_train_state(path, template, n_geometries)
+    state = state.replace(
+        geometries={
+            i: walker_share(g, vmc.group.first_walker, vmc.n_walkers) for i, g in state.geometries.items()
+        }
+    )
     if state.opt_state is None:
         state = state.replace(opt_state=vmc.init_optimizer(vmc.ctx.local_replicated(state.params)))
     return vmc.place(state)

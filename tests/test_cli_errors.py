@@ -31,6 +31,15 @@ CASES = {
         "geometry[0].spin",
     ),
     "unknown_basis": (LIH + '[hartree_fock]\nbasis = "STO-7G"\n', "hartree_fock.basis"),
+    # One rank cannot share a geometry with another (hpcwf.workflow._with_walker_groups).
+    "ranks_per_geometry_beyond_the_ranks": (
+        LIH + "[parallel]\nranks_per_geometry = 2\n",
+        "parallel.ranks_per_geometry",
+    ),
+    "batch_not_shareable": (
+        LIH + "[optimization]\nbatch_size = 33\n[parallel]\nranks_per_geometry = 2\n",
+        "optimization.batch_size",
+    ),
     "basis_lacks_element": (
         '[[geometry]]\nname = "He"\natoms = [["He", 0, 0, 0]]\n[hartree_fock]\nbasis = "lanl2dz"\n',
         "hartree_fock.basis",

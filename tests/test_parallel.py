@@ -184,7 +184,7 @@ def test_one_process_splits_walkers_over_cpu_devices(tmp_path):
 
 def test_shards_are_deterministic_balanced_and_cover_the_dataset():
     n_electrons = [2, 4, 10, 10, 2, 6, 4, 18, 2]
-    costs = [geometry_cost(n) for n in n_electrons]
+    costs = [geometry_cost(n, 2) for n in n_electrons]
     for classes in (None, cost_classes(costs, 3)):
         shards = shard_geometries(costs, 3, classes)
         assert shards == shard_geometries(costs, 3, classes)
@@ -203,22 +203,33 @@ def test_shards_are_deterministic_balanced_and_cover_the_dataset():
         cost_classes(costs[:2], 3)
 
 
-# The paper's foundation set: 18 compounds, 20 geometries each (METHOD.md).
-FOUNDATION_ELECTRONS = [10] * 3 + [14] * 3 + [16] * 6 + [18] * 6
+# The paper's foundation set: 18 compounds (electrons, atoms), 20 geometries each (METHOD.md):
+# CH4 NH3 H2O, C2H2 N2 HCN, C2H4 N2H2 CH2NH O2 HNO CH2O, C2H6 N2H4 CH3NH2 H2O2 NH2OH CH3OH.
+FOUNDATION_SHAPES = [(10, 5), (10, 4), (10, 3), (14, 4), (14, 2), (14, 3)]
+FOUNDATION_SHAPES += [(16, 6), (16, 4), (16, 5), (16, 2), (16, 3), (16, 4)]
+FOUNDATION_SHAPES += [(18, 8), (18, 6), (18, 7), (18, 4), (18, 5), (18, 6)]
+
+
+def test_step_cost_model_separates_what_the_measurement_separates():
+    """geometry_cost follows the measured step times (benchmarks/results/step_costs_cpu.csv):
+    C2H6 costs more than H2O2 at equal electron count, CH4 more than H2O."""
+    assert geometry_cost(18, 8) > 1.2 * geometry_cost(18, 4)
+    assert geometry_cost(10, 5) > geometry_cost(10, 3)
+    assert geometry_cost(16, 2) > geometry_cost(14, 4)  # electrons weigh more than atoms
 
 
 @pytest.mark.parametrize("n_ranks", [1, 2, 7, 64, 120])
 def test_cost_classes_hold_equal_costs_and_every_rank_holds_every_class(n_ranks):
-    n_electrons = [n for n in FOUNDATION_ELECTRONS for _ in range(20)]
-    costs = [geometry_cost(n) for n in n_electrons]
+    costs = [geometry_cost(*shape) for shape in sorted(FOUNDATION_SHAPES, key=lambda s: geometry_cost(*s))]
+    costs = [c for c in costs for _ in range(20)]
     classes = cost_classes(costs, n_ranks)
     # Equal cost, equal class; classes ordered by cost; every class big enough for every rank.
-    for c1, c2, n1, n2 in zip(classes, classes[1:], n_electrons, n_electrons[1:], strict=False):
-        assert (n1 == n2) <= (c1 == c2) and (n1 <= n2) == (c1 <= c2)
+    for c1, c2, k1, k2 in zip(classes, classes[1:], costs, costs[1:], strict=False):
+        assert (k1 == k2) <= (c1 == c2) and (k1 <= k2) == (c1 <= c2)
     sizes = np.bincount(classes)
     assert (sizes >= n_ranks).all()
-    if n_ranks <= 60:
-        assert len(sizes) == 4  # 10, 14, 16 and 18 electrons apart
+    if n_ranks <= 20:
+        assert len(sizes) == 16  # one class per cost: N2H2 and CH2O, N2H4 and CH3OH share theirs
     shards = shard_geometries(costs, n_ranks, classes)
     lengths = [len(s) for s in shards]
     assert max(lengths) - min(lengths) <= 1
@@ -228,9 +239,10 @@ def test_cost_classes_hold_equal_costs_and_every_rank_holds_every_class(n_ranks)
 
 def _simulate_lockstep(n_electrons: list[int], n_ranks: int, n_steps: int, seed: int = 0):
     """Every rank's GeometryScheduler driven as VMCStage drives it (class priorities reduced by
-    maximum over ranks), with random variances that grow with the electron count. Returns the
-    dataset indices picked [n_steps, n_ranks], the dataset's classes and the warm-up length."""
-    costs = [geometry_cost(n) for n in n_electrons]
+    maximum over ranks), with random variances that grow with the electron count (molecules
+    of 2 atoms). Returns the dataset indices picked [n_steps, n_ranks], the dataset's classes
+    and the warm-up length."""
+    costs = [geometry_cost(n, 2) for n in n_electrons]
     classes = cost_classes(costs, n_ranks)
     shards = shard_geometries(costs, n_ranks, classes)
     slots = warmup_slots(shards, classes)
@@ -367,6 +379,85 @@ atoms = [["Li", 0.0, 0.0, 0.0], ["H", 3.2, 0.0, 0.0]]
     kinds = [{is_lih[g] for g in geometries} for geometries in rows.values()]
     assert all(len(k) == 1 for k in kinds), rows  # one class per step
     assert {True} in kinds and {False} in kinds
+
+
+def _evaluation(run: Path) -> np.ndarray:
+    with h5py.File(run / "energies.h5", "r") as f:
+        return f["evaluation"]["energy"][:]
+
+
+@needs_mpi
+def test_two_ranks_sharing_each_geometry_equal_one_rank_with_all_walkers(tmp_path):
+    """[parallel] ranks_per_geometry = 2: 2 ranks x 16 walkers of each geometry sample, measure
+    and differentiate as 1 rank x 32 (pre-training on 16 of them, the start check, burn-in,
+    two steps, to float32 rounding); its checkpoint resumes alike on 1 rank and on 2 sharing
+    ranks with 2 devices each; a batch that cannot be shared is refused in one line (~5 min).
+
+    Compared are the quantities of each step before the update diverges: MCMC amplifies
+    rounding-level differences of the parameters into different accept/reject decisions within
+    a few steps. Had a rank used its own 16 walkers for the statistics, the energies would
+    differ by about sqrt(variance / 16), thousands of times the tolerance."""
+    sharing = "[parallel]\nranks_per_geometry = 2\n"
+
+    def job(name: str, run: str, steps: int, eval_steps: int = 0, extra: str = "") -> Path:
+        path = _job(tmp_path / name, tmp_path / run, steps, eval_steps)
+        # Pre-training on the front half of each batch: the first 16 walkers, 8 per rank.
+        text = path.read_text().replace(
+            "steps = 2\n[optimization]", "steps = 2\nbatch_size = 16\n[optimization]"
+        )
+        # Adam: its step is a function of the batch's gradient alone. K-FAC's is not quite:
+        # kfac-jax estimates the curvature of the layers it cannot match to a dense layer
+        # (NaiveDiagonal blocks) from the squared batch-summed gradient, which is not additive
+        # over parts of a batch (as in kfac-jax's own multi-device step).
+        text = text.replace("learning_rate = 0.05", 'learning_rate = 0.003\noptimizer = "adam"')
+        path.write_text(text + extra)
+        return path
+
+    def rows(run: str, table: str) -> dict[str, np.ndarray]:
+        with h5py.File(tmp_path / run / "energies.h5", "r") as f:
+            return {k: f[table][k][:] for k in f[table]}
+
+    def same_steps(a: dict, b: dict, steps) -> None:
+        for t in steps:
+            i, j = np.flatnonzero(a["step"] == t), np.flatnonzero(b["step"] == t)
+            np.testing.assert_array_equal(a["geometry"][i], b["geometry"][j])  # the same choice
+            for key, rtol in (("energy", 3e-4), ("variance", 1e-3), ("grad_norm", 1e-3), ("step_size", 1e-5)):
+                np.testing.assert_allclose(a[key][i], b[key][j], rtol=rtol, err_msg=f"{key}, step {t}")
+
+    proc = _run(1, job("one.toml", "one", steps=2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run(2, job("two.toml", "two", steps=2, eval_steps=3, extra=sharing))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 ranks per geometry (16 walkers each)" in proc.stdout, proc.stdout
+    assert "ranks     0-1: H2, LiH" in proc.stdout, proc.stdout
+    a, b = rows("one", "train"), rows("two", "train")
+    np.testing.assert_array_equal(a["step"], b["step"])  # one row per step and group
+    same_steps(a, b, (0, 1))
+    pa, pb = rows("one", "pretrain"), rows("two", "pretrain")
+    np.testing.assert_array_equal(pa["geometry"], pb["geometry"])
+    np.testing.assert_allclose(pa["loss"], pb["loss"], rtol=1e-5)  # NaN in the start-check rows
+    np.testing.assert_allclose(pa["energy"], pb["energy"], rtol=1e-4)  # the start check
+    evaluation = _evaluation(tmp_path / "two")
+    assert np.all(np.isfinite(evaluation)) and evaluation[1] < evaluation[0]  # LiH below H2
+    # The checkpoint holds whole batches: it goes on with 1 rank, or with 2 sharing ranks.
+    shutil.copytree(tmp_path / "two", tmp_path / "two_on_one")
+    proc = _run(1, job("on_one.toml", "two_on_one", steps=3))
+    assert proc.returncode == 0 and "at step 2" in proc.stdout, proc.stderr[-3000:]
+    # ... and on 2 ranks with 2 CPU devices each (8 walkers per device).
+    proc = _run(
+        2, job("two.toml", "two", steps=3, extra=sharing), env=dict(os.environ, HPCWF_CPU_DEVICES="2")
+    )
+    assert proc.returncode == 0 and "at step 2" in proc.stdout, proc.stderr[-3000:]
+    same_steps(rows("two_on_one", "train"), rows("two", "train"), (2,))
+    # 16 walkers per rank cannot be split over 3 devices each: refused on every rank alike.
+    bad = job("bad.toml", "bad", steps=2, extra=sharing)
+    proc = _run(2, bad, env=dict(os.environ, HPCWF_CPU_DEVICES="3"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {bad}: optimization.batch_size: 32 walkers cannot be split evenly over the 3 "
+        "device(s) of each of 2 ranks: use a multiple of 6"
+    ], proc.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 @needs_mpi

@@ -38,6 +38,7 @@ __all__ = [
     "OptimizationConfig",
     "SCHEDULE_PRESETS",
     "McmcConfig",
+    "ParallelConfig",
     "SchedulerConfig",
     "EvaluationConfig",
     "InitConfig",
@@ -207,10 +208,20 @@ class SchedulerConfig:
 
     warmup_rounds: int = _opt(1, ge=0)
     max_age: int = _opt(0, ge=0)  # 0 = 2 * n_geometries
-    # true: at each step every rank picks from the same cost class (equal electron count), so
+    # true: at each step every rank picks from the same cost class (equal modelled step cost), so
     # no rank waits for another's bigger molecule (hpcwf.parallel.sharding); false: each rank
     # picks from its whole shard.
     cost_classes: bool = _opt(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """[parallel]: how MPI ranks share the work."""
+
+    # k consecutive ranks share one geometry's walkers (optimization.batch_size / k each) and
+    # hold one shard of the dataset together: for a molecule too big for one device, or a
+    # fine-tune on several GPUs. 1: each rank samples its own geometry.
+    ranks_per_geometry: int = _opt(1, ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +284,7 @@ class JobConfig:
     optimization: OptimizationConfig = dataclasses.field(default_factory=OptimizationConfig)
     mcmc: McmcConfig = dataclasses.field(default_factory=McmcConfig)
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
@@ -642,6 +654,18 @@ def load_job(
             f"{pretraining.batch_size} walkers, but pre-training samples from the "
             f"{optimization.batch_size} walkers of optimization.batch_size: use at most that (0 = all)",
         )
+    k = parsed["parallel"].ranks_per_geometry
+    for key, n in (
+        ("optimization.batch_size", optimization.batch_size),
+        ("pretraining.batch_size", pretraining.batch_size),
+    ):
+        if n % k:
+            raise ConfigError(
+                file,
+                key,
+                f"{n} walkers cannot be shared by parallel.ranks_per_geometry = {k} ranks: "
+                f"use a multiple of {k}",
+            )
 
     init = parsed["init"]
     if init.mode == "evaluate" and not init.checkpoint:

@@ -15,8 +15,11 @@ written before a column existed read that column as its `missing` value (NaN for
 never as 0.
 
 Tables:
-    train       one row per (optimization step, rank); under MPI rank 0 gathers them.
-    pretrain    one row per (HF pre-training step, rank), then one check row per geometry.
+    train       one row per (optimization step, rank); under MPI rank 0 gathers them (with
+                `[parallel] ranks_per_geometry`, one per group of ranks sharing a geometry:
+                its statistics are over the whole batch, its timings the group's first rank's).
+    pretrain    one row per (HF pre-training step, rank or group), then one check row per
+                geometry.
     evaluation  one entry per geometry (NaN / 0 where a geometry was not evaluated).
 """
 
@@ -103,7 +106,8 @@ TRAIN: tuple[Column, ...] = (
         "s",
         "time in the step's collectives: the choice of the cost class, the non-finite check after "
         "sampling and the global update (waiting for the other ranks, all-reduce, K-FAC "
-        "inverses); NaN for a skipped update",
+        "inverses); NaN for a skipped update. The exchange of energies within a group of ranks "
+        "sharing a geometry is not counted (it is part of sampling)",
     ),
     Column("n_nonfinite", np.int32, "", "walkers with a non-finite E_L", missing=0),
     Column(
@@ -123,8 +127,9 @@ PRETRAIN: tuple[Column, ...] = (
         "loss",
         np.float64,
         "bohr^-3",
-        "this rank's pre-training loss (mean squared difference of network and HF orbitals) at "
-        "the parameters before the update; the global Adam step uses the mean over ranks",
+        "pre-training loss on this rank's geometry (mean squared difference of network and HF "
+        "orbitals, over its walkers on every rank of the group sharing it) at the parameters "
+        "before the update; the global Adam step uses the mean over ranks",
         True,
     ),
     Column("rolled_back", np.int8, "", "1: the step's non-finite update was rejected", missing=0),

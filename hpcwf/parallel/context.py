@@ -2,7 +2,9 @@
 
 Roles:
     mpi4py   rank/size, broadcasts of decisions made on rank 0, gathers of log rows and
-             checkpoint state to rank 0, the per-step agreement on flags, abort.
+             checkpoint state to rank 0, the per-step agreement on flags, abort; within a
+             group of ranks that share a geometry (`[parallel] ranks_per_geometry`), the
+             exchange of local energies, acceptance and walkers (`walker_group`).
     JAX      one global mesh over every device of every rank, axis `AXIS`; the parameter
              update (gradients and K-FAC statistics) is reduced in-graph over it.
 
@@ -154,6 +156,10 @@ class ParallelContext:
         exit_comm: duplicate of comm for the exit agreement (None for one rank).
         local_mesh: this rank's devices, axis LOCAL_AXIS (walkers are split over it).
         global_mesh: every device of every rank, axis AXIS.
+        group_size: ranks that share one geometry's walkers (`[parallel] ranks_per_geometry`,
+            `with_ranks_per_geometry`): ranks g*group_size ... (g+1)*group_size - 1 form
+            group g, which holds one shard of the dataset; 1: every rank its own shard.
+        group_comm: mpi4py communicator of this rank's group (None when group_size is 1).
     """
 
     rank: int
@@ -164,10 +170,69 @@ class ParallelContext:
     local_mesh: Any
     global_mesh: Any
     exit_comm: Any = None  # a duplicate of comm, so the exit agreement never meets a pending collective
+    group_size: int = 1
+    group_comm: Any = None
+    # contexts of each group size made from this one (a communicator split once per k)
+    _rank_groups: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_root(self) -> bool:
         return self.rank == 0
+
+    @property
+    def rank_group(self) -> int:
+        """Index of this rank's group (= its shard of the dataset)."""
+        return self.rank // self.group_size
+
+    @property
+    def group_rank(self) -> int:
+        """Place of this rank in its group: it holds that share of the group's walkers."""
+        return self.rank % self.group_size
+
+    @property
+    def n_rank_groups(self) -> int:
+        return self.size // self.group_size
+
+    def with_ranks_per_geometry(self, k: int) -> ParallelContext:
+        """This context with its ranks in groups of `k` consecutive ranks that share each
+        geometry's walkers (collective the first time for a k: every rank calls it with the
+        same k; later calls reuse the group's communicator). ValueError when k does not divide
+        the number of ranks."""
+        if k == self.group_size:
+            return self
+        if k < 1 or self.size % k:
+            raise ValueError(f"{k} does not divide the {self.size} rank(s) of this launch")
+        if k not in self._rank_groups:
+            group_comm = None if k == 1 else self.comm.Split(color=self.rank // k, key=self.rank)
+            self._rank_groups[k] = dataclasses.replace(self, group_size=k, group_comm=group_comm)
+        return self._rank_groups[k]
+
+    def walker_group(self, n_local: int):
+        """The `hpcwf.mcmc.WalkerGroup` of this rank when it holds `n_local` walkers of each
+        geometry of its group's shard: its first walker, and the exchange of per-walker arrays
+        and scalars with the other ranks of its group (host allgathers)."""
+        from hpcwf.mcmc import ONE_RANK, WalkerGroup
+
+        if self.group_size == 1:
+            return ONE_RANK
+        import numpy as np
+
+        def gather(values):
+            return self.local_replicated(np.concatenate(self.group_comm.allgather(np.asarray(values))))
+
+        def mean(value):
+            value = np.asarray(value)
+            return value.dtype.type(np.mean(self.group_comm.allgather(value)))
+
+        return WalkerGroup(first_walker=self.group_rank * n_local, gather=gather, mean=mean)
+
+    def group_allgather(self, obj) -> list:
+        """Every rank's `obj` of this rank's group, in group-rank order."""
+        return [obj] if self.group_comm is None else self.group_comm.allgather(obj)
+
+    def group_bcast(self, obj):
+        """The `obj` of the first rank of this rank's group, on every rank of the group."""
+        return obj if self.group_comm is None else self.group_comm.bcast(obj, root=0)
 
     @property
     def n_local_devices(self) -> int:
@@ -182,6 +247,12 @@ class ParallelContext:
         if self.comm is None:
             return [obj]
         return self.comm.gather(obj, root=0)
+
+    def gather_per_rank_group(self, obj) -> list | None:
+        """List of every group's `obj` (its first rank's) on rank 0, None elsewhere: for what
+        the ranks of a group hold alike (its geometry's statistics), logged once per group."""
+        parts = self.gather(obj)
+        return None if parts is None else parts[:: self.group_size]
 
     def any(self, flags: list[bool]) -> list[bool]:
         """Element-wise OR over ranks (one small allreduce)."""

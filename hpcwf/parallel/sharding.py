@@ -2,10 +2,10 @@
 
 Ranks advance in lock-step, one geometry each per step, so a step lasts as long as the most
 expensive geometry picked on any rank. Geometries are therefore grouped into cost classes
-(equal cost, i.e. equal electron count; a class too small for every rank to hold one is merged
-into its neighbour) and every rank holds members of every class: at each step all ranks then
-pick from the same class (`GeometryScheduler`, `[scheduler] cost_classes`) and nobody waits for
-another rank's bigger molecule.
+(equal modelled cost, `geometry_cost`; a class too small for every rank to hold one is merged
+into its next more expensive neighbour) and every rank holds members of every class: at each
+step all ranks then pick from the same class (`GeometryScheduler`, `[scheduler] cost_classes`)
+and nobody waits for another rank's bigger molecule.
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def geometry_cost(n_electrons: int) -> float:
-    """Relative cost of one optimization step on a geometry: the determinants and the
-    electron-electron stream grow about as n_el^2 to n_el^3 at these sizes; n_el^2 is used."""
-    return float(n_electrons) ** 2
+def geometry_cost(n_electrons: int, n_atoms: int) -> float:
+    """Relative cost of one optimization step on a geometry, n_el (n_el + 2 n_atoms): the
+    electron-electron stream grows as n_el^2, the electron-nucleus features and the TAO
+    orbitals (one per atom and electron) as n_el n_atoms. Fitted to the measured step times of
+    the 18 foundation compounds (benchmarks/lockstep_model.py measure, model S, CPU,
+    benchmarks/results/step_costs_cpu.csv): c (n_el^2 + 2.02 n_el n_atoms), 7 % rms, against
+    13 % for n_el^2 alone, which misses that C2H6 (18 electrons, 8 atoms) costs 1.3x H2O2
+    (18 electrons, 4 atoms). Equal for geometries of one molecule shape."""
+    return float(n_electrons * (n_electrons + 2 * n_atoms))
 
 
 def cost_classes(costs: Sequence[float], n_ranks: int) -> list[int]:

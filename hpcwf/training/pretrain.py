@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from hpcwf.mcmc import make_mcmc_sweep
+from hpcwf.mcmc import ONE_RANK, WalkerGroup, make_grouped_sweep
 from hpcwf.model.geometry import GeometryData
 from hpcwf.systems.gaussian_basis import GaussianBasis, evaluate_orbitals
 from hpcwf.training.optimizer import OptaxOptimizer
@@ -74,7 +74,8 @@ def make_pretrain_optimizer(model, learning_rate: float) -> OptaxOptimizer:
     return OptaxOptimizer(make_pretrain_loss(model), optax.adam(learning_rate), lambda t: learning_rate)
 
 
-def make_hf_sweep(mcmc_steps: int, proposal: str = "gaussian") -> MCMCSweep:
-    """Jitted sweep(hf, geometry, walkers, key) -> (walkers, pmove) sampling |psi_HF|^2."""
+def make_hf_sweep(mcmc_steps: int, proposal: str = "gaussian", group: WalkerGroup = ONE_RANK) -> MCMCSweep:
+    """sweep(hf, geometry, walkers, key) -> (walkers, pmove) sampling |psi_HF|^2 (moves
+    jitted; step size adapted to acceptance 0.5 from the acceptance of every rank of `group`)."""
     batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
-    return jax.jit(make_mcmc_sweep(batched, mcmc_steps, proposal=proposal))
+    return make_grouped_sweep(batched, mcmc_steps, 0.5, 20, proposal, group)

@@ -6,10 +6,13 @@ the runner prints; files, clocks, the stop agreement and checkpoints are the run
 
 Parallel picture (hpcwf.parallel): every step each rank works on ONE geometry of its shard
 (pre-training: round-robin; VMC: chosen by the scheduler), computes its gradient (and K-FAC
-statistics) locally, and all ranks meet in one global update. An update that is not finite on
+statistics) locally, and all ranks meet in one global update. With `[parallel]
+ranks_per_geometry = k` a group of k ranks holds one shard and each rank a k-th of every
+geometry's walkers; they exchange energies and acceptance (`hpcwf.mcmc.WalkerGroup`), so
+everything below is computed over the group's whole batch. An update that is not finite on
 some rank is rejected on every rank: parameters, optimizer state and that geometry's walkers
 stay as before the step (FermiNet's reset-if-NaN, DeepQMC's rewind), and the metrics say
-`rolled_back` = 1. Evaluation has no collective: each rank samples its shard.
+`rolled_back` = 1. Evaluation has no collective across groups: each group samples its shard.
 """
 
 from __future__ import annotations
@@ -122,8 +125,8 @@ class PretrainState:
 
 class PretrainStage:
     """HF pre-training; each rank goes round-robin through its shard, one global Adam update
-    per step. Metrics: this rank's loss on its own geometry (before the update) and
-    rolled_back. Not resumable: it has no checkpoints, a rerun starts over."""
+    per step. Metrics: the loss on this rank's geometry (before the update; over the walkers
+    of every rank of its group) and rolled_back. Not resumable: it has no checkpoints, a rerun starts over."""
 
     tag, table = STAGE_PRETRAIN, "pretrain"
 
@@ -137,14 +140,19 @@ class PretrainStage:
     ):
         self.cfg, self.systems, self.ctx, self.faults = cfg, systems, ctx, faults
         self.n_steps = cfg.pretraining.steps
-        self.n_walkers = cfg.pretraining.batch_size or cfg.optimization.batch_size
+        # This rank's walkers per geometry (the ranks of a group share a geometry's batch).
+        self.n_walkers = (cfg.pretraining.batch_size or cfg.optimization.batch_size) // ctx.group_size
+        self.group = ctx.walker_group(self.n_walkers)
         self.optimizer = make_pretrain_optimizer(model, cfg.pretraining.learning_rate)
         self.update = ctx.make_global_update(self.optimizer.apply)
-        self.sweep = make_hf_sweep(cfg.mcmc.steps_per_update, cfg.mcmc.proposal)
+        self.sweep = make_hf_sweep(cfg.mcmc.steps_per_update, cfg.mcmc.proposal, self.group)
         self._last: tuple = ()
 
     def initial_state(self, params, electrons: dict[int, np.ndarray]) -> PretrainState:
-        """Walkers at the first n_walkers of `electrons` [n, n_el, 3] per geometry index."""
+        """Walkers at this rank's share of the first pre-training batch of `electrons` [n,
+        n_el, 3], the whole batch of each geometry index (walkers first_walker ...
+        first_walker + n_walkers - 1 of it)."""
+        first = self.group.first_walker
         hf_batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
         walkers = {
             s.index: place_walkers(
@@ -153,7 +161,7 @@ class PretrainStage:
                     hf_batched,
                     s.hf_orbitals,
                     s.data,
-                    electrons[s.index][: self.n_walkers],
+                    electrons[s.index][first : first + self.n_walkers],
                     self.cfg.mcmc.initial_step_size,
                 ),
             )
@@ -171,8 +179,9 @@ class PretrainStage:
         walkers[s.index], pmove = self.sweep(s.hf_orbitals, s.data, before, key)
         batch = PretrainBatch(walkers[s.index].electrons, s.data, s.hf_orbitals)
         stats = self.optimizer.local_statistics(state.params, state.opt_state, key, batch)
-        # info["loss"] is averaged over ranks; the per-geometry curve needs each rank's own.
-        loss = float(jax.device_get(stats.loss)[0])
+        # info["loss"] is averaged over ranks; the per-geometry curve needs each geometry's own
+        # (over the walkers of its group's ranks).
+        loss = float(self.group.mean(jax.device_get(stats.loss)[0]))
         new_params, new_state, info = self.update(state.params, state.opt_state, stats, t)
         if self.faults.poisons("pretrain", t, self.ctx):
             new_params = poisoned(new_params)
@@ -214,11 +223,13 @@ class PretrainStage:
         )
 
     def sampled_electrons(self, state: PretrainState, electrons: dict[int, np.ndarray]) -> dict:
-        """`electrons` with the first n_walkers replaced by the pre-trained walkers (HF
-        distribution)."""
+        """`electrons` (whole batches) with the pre-training batch in front replaced by the
+        pre-trained walkers (HF distribution) of every rank of this rank's group. Collective
+        within the group."""
         sampled = {i: electrons[i].copy() for i in electrons}
         for i, w in state.walkers.items():
-            sampled[i][: self.n_walkers] = np.asarray(w.electrons)[: sampled[i].shape[0]]
+            batch = np.concatenate(self.ctx.group_allgather(np.asarray(w.electrons)))
+            sampled[i][: batch.shape[0]] = batch[: sampled[i].shape[0]]
         return sampled
 
 
@@ -231,8 +242,9 @@ def hf_density_electrons(
     """`electrons` [n_walkers, n_el, 3] per geometry index moved HF_START_MOVES Metropolis
     steps in the HF density |psi_HF|^2 of each of this rank's `systems` (the sampler of HF
     pre-training, cheap: no network): where a fine-tune's walkers start, as a scratch run's
-    start after pre-training. No collective."""
-    sweep = make_hf_sweep(BURN_IN_CHUNK, cfg.mcmc.proposal)
+    start after pre-training. Collective within a group of ranks sharing a geometry."""
+    n_local = next(iter(electrons.values())).shape[0] if electrons else 0
+    sweep = make_hf_sweep(BURN_IN_CHUNK, cfg.mcmc.proposal, ctx.walker_group(n_local))
     batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
     out = {}
     for s in systems:
@@ -251,9 +263,10 @@ def hf_density_electrons(
 
 
 class VMCStage:
-    """Variational optimization of this rank's shard, one geometry per step and rank, chosen
-    by the scheduler (`GeometryScheduler` on the state's scheduler arrays); one global update
-    per step over all ranks. Its state is the `TrainState`."""
+    """Variational optimization of this rank's shard, one geometry per step and rank (or group
+    of ranks sharing it), chosen by the scheduler (`GeometryScheduler` on the state's
+    scheduler arrays); one global update per step over all ranks. Its state is the
+    `TrainState`."""
 
     tag, table = STAGE_VMC, "train"
 
@@ -276,12 +289,15 @@ class VMCStage:
         self.classes, self.slots = classes, slots
         o = cfg.optimization
         self.n_steps = o.steps
+        # This rank's walkers per geometry: a group of ranks shares each geometry's batch.
+        self.n_walkers = o.batch_size // ctx.group_size
+        self.group = ctx.walker_group(self.n_walkers)
         # Fine-tuning: fresh optimizer, lower lr, schedule offset, constant damping (METHOD 2.3).
         schedule = ScheduleSettings.from_config(o, cfg.init if finetune else None)
         self.log_abs_psi = log_abs_psi_fn(model)
         self.local_energy = make_local_energy(self.log_abs_psi, "forward")
         self.optimizer = make_optimizer(
-            o.optimizer, make_energy_loss(self.log_abs_psi), schedule, o.batch_size * ctx.size
+            o.optimizer, make_energy_loss(self.log_abs_psi), schedule, o.batch_size * ctx.n_rank_groups
         )
         self.update = ctx.make_global_update(self.optimizer.apply)
         self.sample_and_measure = make_sample_and_measure(
@@ -292,9 +308,15 @@ class VMCStage:
             cfg.mcmc.max_age,
             o.clip_width,
             cfg.mcmc.proposal,
+            self.group,
         )
         self.burn_in = make_burn_in(
-            self.log_abs_psi, BURN_IN_CHUNK, cfg.mcmc.target_acceptance, cfg.mcmc.max_age, cfg.mcmc.proposal
+            self.log_abs_psi,
+            BURN_IN_CHUNK,
+            cfg.mcmc.target_acceptance,
+            cfg.mcmc.max_age,
+            cfg.mcmc.proposal,
+            self.group,
         )
         self._last: tuple = ()
 
@@ -310,7 +332,7 @@ class VMCStage:
 
     def _template_batch(self) -> VMCBatch:
         """A batch of the right structure (this rank's first geometry) for optimizer.init."""
-        s, n = self.systems[0], self.cfg.optimization.batch_size
+        s, n = self.systems[0], self.n_walkers
         return VMCBatch(jnp.zeros((n, s.data.n_electrons, 3), DTYPE), jnp.zeros(n, DTYPE), s.data)
 
     def init_optimizer(self, params):
@@ -336,10 +358,11 @@ class VMCStage:
             step=0,
         )
 
-    def state_template(self, params) -> TrainState:
-        """Shapes and dtypes (jax.ShapeDtypeStruct leaves) of this rank's state, from
-        `initial_state` itself."""
-        n = self.cfg.optimization.batch_size
+    def state_template(self, params, n_walkers: int | None = None) -> TrainState:
+        """Shapes and dtypes (jax.ShapeDtypeStruct leaves) of this rank's state with
+        `n_walkers` walkers per geometry (default: this rank's share), from `initial_state`
+        itself."""
+        n = n_walkers or self.n_walkers
         electrons = {s.index: jax.ShapeDtypeStruct((n, s.data.n_electrons, 3), DTYPE) for s in self.systems}
         return jax.eval_shape(self.initial_state, params, electrons)
 
@@ -360,7 +383,8 @@ class VMCStage:
         ([mcmc] burn_in_steps), then `sweeps` sweeps of the VMC step's own sampler (no update)
         with E_L after each. Returns ({index: equilibrated electrons}, one `pretrain` row per
         geometry: step = n_steps, energy = mean E_L over all sweeps (Ha), variance (Ha^2),
-        loss NaN). Reuses the compiled VMC functions; no collective."""
+        loss NaN). Reuses the compiled VMC functions; collective only within a group of ranks
+        sharing a geometry."""
         out, rows = {}, []
         batched = jax.vmap(self.log_abs_psi, (None, 0, None))
         for s in self.systems:
@@ -424,6 +448,8 @@ class VMCStage:
         update. Skipped (rolled back) when a local energy is not finite on any rank."""
         t, params, opt_state = state.step, state.params, state.opt_state
         scheduler = self._scheduler(state.scheduler)
+        # The ranks of a group compute the same choice from the same statistics; the first
+        # rank's is taken, so they can never sample different geometries.
         choice_time = 0.0
         if scheduler.in_warmup(t) or scheduler.n_classes == 1:
             j = scheduler.next_geometry(t)  # position in this rank's shard
@@ -432,6 +458,7 @@ class VMCStage:
             priority = self.ctx.max(scheduler.class_priority(t))
             choice_time = time.perf_counter() - t_choice
             j = scheduler.next_geometry(t, scheduler.pick_class(priority))
+        j = self.ctx.group_bcast(j)
         s = self.systems[j]
         geometries = dict(state.geometries)
         if scheduler.n_updates[j] == 0:  # first visit: equilibrate its walkers
@@ -460,7 +487,7 @@ class VMCStage:
             sync_time += check_time + choice_time
         geometries[s.index] = after if accepted else before
         scheduler.record(j, t, float(stats["variance"]))
-        self._last = (stats, s, batch.electrons.shape[0])
+        self._last = (stats, s, self.cfg.optimization.batch_size)  # stats are over the whole batch
         # The surrogate loss (about 0 by construction) means nothing; the energy is logged.
         update_metrics = {k: v for k, v in info.items() if k != "loss"}
         metrics = {
@@ -552,6 +579,7 @@ class EvaluationStage:
             cfg.mcmc.max_age,
             None,
             cfg.mcmc.proposal,
+            vmc.group,
         )
 
     def initial_state(self, params, geometries: dict[int, GeometryState]) -> EvaluationState:
@@ -602,7 +630,9 @@ class EvaluationStage:
         rank's geometries."""
         results, lines = {}, {}
         for s in self.systems:
-            b = multi_chain_statistics(state.local_energies[s.index])
+            # [steps, walkers of every rank of the group]: the same result on each of them
+            chains = np.concatenate(self.vmc.ctx.group_allgather(state.local_energies[s.index]), axis=1)
+            b = multi_chain_statistics(chains)
             row = dataclasses.asdict(b)  # the estimate's fields are the table's columns
             row["energy"] = row.pop("mean")
             results[s.index] = row
