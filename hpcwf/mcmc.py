@@ -86,6 +86,21 @@ def init_walkers(log_abs_batched: BatchedLogAbsPsi, params, geometry: GeometryDa
     )
 
 
+def start_walkers(geometry: GeometryData, electrons, step_size) -> WalkerState:
+    """WalkerState at starting positions [n_walkers, n_el, 3] (bohr) whose log|psi|^2 is not
+    evaluated yet (0): every sweep (`make_mcmc_moves`) evaluates it under its own parameters
+    before the first move, so it is not computed here. Computing it cost one un-jitted
+    network evaluation per geometry at start-up: 250 s for the 360-geometry foundation set
+    (benchmarks/startup.py)."""
+    electrons = jnp.asarray(electrons, geometry.nuclei.dtype)
+    return WalkerState(
+        electrons=electrons,
+        log_prob=jnp.zeros(electrons.shape[0], electrons.dtype),
+        age=jnp.zeros(electrons.shape[0], jnp.int32),
+        step_size=jnp.asarray(step_size, geometry.nuclei.dtype),
+    )
+
+
 PROPOSALS = ("gaussian", "nuclear-distance")
 # Power of the harmonic-mean nuclear distance in the "nuclear-distance" width (see above).
 DISTANCE_POWER = 0.5

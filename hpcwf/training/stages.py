@@ -32,7 +32,7 @@ from hpcwf.faults import FaultInjection, poisoned
 from hpcwf.hamiltonian import make_local_energy
 from hpcwf.io import log_schema
 from hpcwf.io.config import JobConfig
-from hpcwf.mcmc import WalkerState, init_walkers
+from hpcwf.mcmc import WalkerState, start_walkers
 from hpcwf.model.geometry import GeometryData
 from hpcwf.model.wavefunction import Wavefunction, log_abs_psi_fn
 from hpcwf.parallel import ParallelContext
@@ -42,7 +42,6 @@ from hpcwf.training.optimizer import ScheduleSettings, all_finite, make_optimize
 from hpcwf.training.pretrain import (
     HartreeFockOrbitals,
     PretrainBatch,
-    hf_log_abs_psi,
     make_hf_sweep,
     make_pretrain_optimizer,
 )
@@ -153,13 +152,10 @@ class PretrainStage:
         n_el, 3], the whole batch of each geometry index (walkers first_walker ...
         first_walker + n_walkers - 1 of it)."""
         first = self.group.first_walker
-        hf_batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
         walkers = {
             s.index: place_walkers(
                 self.ctx,
-                init_walkers(
-                    hf_batched,
-                    s.hf_orbitals,
+                start_walkers(
                     s.data,
                     electrons[s.index][first : first + self.n_walkers],
                     self.cfg.mcmc.initial_step_size,
@@ -245,11 +241,9 @@ def hf_density_electrons(
     start after pre-training. Collective within a group of ranks sharing a geometry."""
     n_local = next(iter(electrons.values())).shape[0] if electrons else 0
     sweep = make_hf_sweep(BURN_IN_CHUNK, cfg.mcmc.proposal, ctx.walker_group(n_local))
-    batched = jax.vmap(hf_log_abs_psi, (None, 0, None))
     out = {}
     for s in systems:
-        walkers = init_walkers(batched, s.hf_orbitals, s.data, electrons[s.index], cfg.mcmc.initial_step_size)
-        walkers = place_walkers(ctx, walkers)
+        walkers = place_walkers(ctx, start_walkers(s.data, electrons[s.index], cfg.mcmc.initial_step_size))
         for chunk in range(HF_START_MOVES // BURN_IN_CHUNK):
             walkers, _ = sweep(
                 s.hf_orbitals, s.data, walkers, geometry_key(root, STAGE_HF_START, chunk, s.index)
@@ -343,10 +337,9 @@ class VMCStage:
         """The state at step 0 (not placed on devices): `params`, a fresh optimizer state and
         walkers at `electrons` [n_walkers, n_el, 3] per geometry index. Also the template of
         every checkpoint load (`state_template`: `jax.eval_shape` of it)."""
-        batched = jax.vmap(self.log_abs_psi, (None, 0, None))
         geometries = {
             s.index: new_geometry_state(
-                init_walkers(batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size)
+                start_walkers(s.data, electrons[s.index], self.cfg.mcmc.initial_step_size)
             )
             for s in self.systems
         }
@@ -386,11 +379,8 @@ class VMCStage:
         loss NaN). Reuses the compiled VMC functions; collective only within a group of ranks
         sharing a geometry."""
         out, rows = {}, []
-        batched = jax.vmap(self.log_abs_psi, (None, 0, None))
         for s in self.systems:
-            walkers = init_walkers(
-                batched, params, s.data, electrons[s.index], self.cfg.mcmc.initial_step_size
-            )
+            walkers = start_walkers(s.data, electrons[s.index], self.cfg.mcmc.initial_step_size)
             walkers = _burn(
                 self.burn_in,
                 self.root,
