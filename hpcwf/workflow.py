@@ -575,13 +575,14 @@ def _run_job(
             )
             for s in systems
         }
-        if not init_file and cfg.pretraining.steps > 0:
+        pretrains = not init_file and cfg.pretraining.steps > 0
+        if pretrains:
             pre = PretrainStage(cfg, model, systems, ctx, faults)
             pretrained = runner.run(pre, pre.initial_state(params, walkers))
             params, walkers = pretrained.params, pre.sampled_electrons(pretrained, walkers)
         first, n_local = vmc.group.first_walker, vmc.n_walkers
         walkers = {i: w[first : first + n_local] for i, w in walkers.items()}
-        if not init_file and cfg.pretraining.steps > 0:
+        if pretrains:
             walkers = _start_check(vmc, params, walkers, pre.n_steps, "pretrained", ctx, energy_log, log)
         elif init_file:
             # A fine-tune (or evaluation) starts its walkers in the HF density, then equilibrates
