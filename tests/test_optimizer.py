@@ -55,3 +55,34 @@ def test_fisher_mode_is_the_scaled_constraint_with_lr_squared():
     free = step("fisher", 1e12)
     np.testing.assert_allclose(fisher, scaled, rtol=1e-4, atol=1e-9)
     assert np.linalg.norm(fisher) < 0.5 * np.linalg.norm(free)  # the constraint was active
+
+
+def _block_types(orbitals: str, mol: Molecule, n_det: int) -> dict[str, str]:
+    hf = run_hartree_fock(mol, "STO-6G")
+    data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, jnp.float32)
+    shape = (mol.n_electrons, mol.n_atoms) if orbitals == "backflow" else None
+    model = build_wavefunction("S", orbitals, n_det, shape)
+    params = init_params(model, jax.random.PRNGKey(0), data)
+    electrons = jnp.asarray(np.random.default_rng(0).normal(size=(8, mol.n_electrons, 3)), jnp.float32)
+    batch = VMCBatch(electrons, jnp.zeros(8, jnp.float32), data)
+    schedule = ScheduleSettings(LR, 1e9, 0.0, 1e-3, 1e-3, 1.0, 1.0, "fisher", 0.95)
+    opt = KFACOptimizer(make_energy_loss(log_abs_psi_fn(model)), schedule, 8)
+    opt.init(params, jax.random.PRNGKey(1), batch)
+    return opt.curvature_block_types()
+
+
+def test_every_network_layer_has_a_kronecker_factored_block():
+    """kfac-jax falls back to a NaiveDiagonal block, whose curvature is the square of the
+    walker-SUMMED score, for any parameter its graph matcher does not see in a dense layer
+    (hpcwf.model.layers). Every weight, bias and element embedding of the TAO model (both spin
+    maps, context GNN, f and g) and of backflow must be in a dense block; only the Jastrow's
+    two scales are diagonal. Before hpcwf.model.layers, 42 of TAO's 60 arrays were diagonal:
+    every flax bias and the layers used twice by the odd functions G(c) - G(-c). About 10 s."""
+    lih = Molecule.create("LiH", [["Li", 0, 0, 0], ["H", 3.015, 0, 0]])
+    tao = _block_types("tao", lih, 2)
+    assert len(tao) == 60 and "orbital_map/maps_dn/gnn/input_layer/bias" in tao
+    assert sorted(name for name, kind in tao.items() if kind != "RepeatedDenseBlock") == ["jastrow_scale"]
+    # Backflow's per-orbital envelope exponents and weights are plain arrays, not layers.
+    backflow = _block_types("backflow", lih, 2)
+    diagonal = sorted(name for name, kind in backflow.items() if kind != "RepeatedDenseBlock")
+    assert diagonal == ["jastrow_scale", "orbital_map/pi", "orbital_map/sigma"]

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from hpcwf.model.envelopes import cusp_free_distance
+from hpcwf.model.layers import Dense, Embed
 
 MAX_NUCLEAR_CHARGE = 10  # H..Ne
 
@@ -78,15 +79,15 @@ class ElectronEmbedding(nn.Module):
             [scaled_pair_features(diff_en, dist_en), jnp.exp(-dist_en)[..., None]], -1
         )
         z_index = jnp.clip(jnp.round(charges).astype(jnp.int32), 0, MAX_NUCLEAR_CHARGE)
-        z_embedding = nn.Embed(MAX_NUCLEAR_CHARGE + 1, self.width_nuc, name="z_embedding")(z_index)
-        en = nn.tanh(nn.Dense(self.width_nuc, name="en_input")(features_en))
+        z_embedding = Embed(MAX_NUCLEAR_CHARGE + 1, self.width_nuc, name="z_embedding")(z_index)
+        en = nn.tanh(Dense(self.width_nuc, name="en_input")(features_en))
         en = en * z_embedding[None, :, :]
-        h = nn.Dense(self.width_one, name="one_input")(en.sum(axis=1))
+        h = Dense(self.width_one, name="one_input")(en.sum(axis=1))
 
         # Electron-electron stream; the diagonal is padded (|r_ii| = 0) and masked out of sums.
         diff_ee = electrons[:, None, :] - electrons[None, :, :]
         dist_ee = safe_distances(diff_ee, pad_diagonal=True)
-        g = nn.tanh(nn.Dense(self.width_two, name="two_input")(scaled_pair_features(diff_ee, dist_ee)))
+        g = nn.tanh(Dense(self.width_two, name="two_input")(scaled_pair_features(diff_ee, dist_ee)))
         off_diagonal = 1.0 - jnp.eye(n_el, dtype=electrons.dtype)
         same_od, other_od = same * off_diagonal, other * off_diagonal
         n_same_od = jnp.maximum(same_od.sum(axis=1, keepdims=True), 1.0)
@@ -99,7 +100,7 @@ class ElectronEmbedding(nn.Module):
             mean_same_g = jnp.einsum("ij,ijw->iw", same_od, g) / n_same_od
             mean_other_g = jnp.einsum("ij,ijw->iw", other_od, g) / n_other
             features = jnp.concatenate([h, mean_same_h, mean_other_h, mean_same_g, mean_other_g], -1)
-            h = h + nn.tanh(nn.Dense(self.width_one, name=f"one_{it}")(features))
+            h = h + nn.tanh(Dense(self.width_one, name=f"one_{it}")(features))
             if it < self.n_iterations - 1:
-                g = g + nn.tanh(nn.Dense(self.width_two, name=f"two_{it}")(g))
+                g = g + nn.tanh(Dense(self.width_two, name=f"two_{it}")(g))
         return h

@@ -19,6 +19,7 @@ from flax import linen as nn
 from hpcwf.model.embedding import safe_distances
 from hpcwf.model.envelopes import cusp_free_distance, envelope_exponent_prior
 from hpcwf.model.geometry import GeometryData
+from hpcwf.model.layers import Dense
 
 if TYPE_CHECKING:
     from hpcwf.model.wavefunction import ModelHyperparameters
@@ -33,7 +34,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         for i, w in enumerate(self.widths):
-            x = nn.Dense(w, name=f"dense_{i}")(x)
+            x = Dense(w, name=f"dense_{i}")(x)
             if self.activate_last or i < len(self.widths) - 1:
                 x = nn.tanh(x)
         return x
@@ -53,10 +54,10 @@ class ContextGNN(nn.Module):
 
     def setup(self):
         self.edge_mlp = MLP((self.width, self.width), activate_last=False)
-        self.input_layer = nn.Dense(self.width)
-        self.message_layers = [nn.Dense(self.width) for _ in range(self.n_iterations)]
-        self.self_layers = [nn.Dense(self.width) for _ in range(self.n_iterations)]
-        self.update_layers = [nn.Dense(self.width) for _ in range(self.n_iterations)]
+        self.input_layer = Dense(self.width)
+        self.message_layers = [Dense(self.width) for _ in range(self.n_iterations)]
+        self.self_layers = [Dense(self.width) for _ in range(self.n_iterations)]
+        self.update_layers = [Dense(self.width) for _ in range(self.n_iterations)]
 
     def edge_gates(self, nuclei: jnp.ndarray) -> jnp.ndarray:
         """Edge weights [n_atoms, n_atoms, width] from radial basis x [1, dx, dy, dz]."""
@@ -70,17 +71,16 @@ class ContextGNN(nn.Module):
         not_self = 1.0 - jnp.eye(dist.shape[0], dtype=dist.dtype)
         return self.edge_mlp(edges) * not_self[..., None]
 
-    def _forward(self, c: jnp.ndarray, gates: jnp.ndarray) -> jnp.ndarray:
-        x = self.input_layer(c)
-        for msg, slf, upd in zip(self.message_layers, self.self_layers, self.update_layers, strict=False):
-            m = jnp.einsum("ijw,jkw->ikw", gates, msg(x))
-            x = x + upd(nn.tanh(slf(x) + m))
-        return x
-
     def __call__(self, descriptors: jnp.ndarray, nuclei: jnp.ndarray) -> jnp.ndarray:
         """descriptors [n_atoms, n_orb, d_desc] -> context features [n_atoms, n_orb, width]."""
         gates = self.edge_gates(nuclei)
-        return self._forward(descriptors, gates) - self._forward(-descriptors, gates)
+        # G(c) and G(-c) in one pass over the stack [c, -c] (axis s): each layer is applied
+        # once, so K-FAC gives it a Kronecker-factored block (hpcwf.model.layers).
+        x = self.input_layer(jnp.stack([descriptors, -descriptors]))
+        for msg, slf, upd in zip(self.message_layers, self.self_layers, self.update_layers, strict=False):
+            m = jnp.einsum("ijw,sjkw->sikw", gates, msg(x))
+            x = x + upd(nn.tanh(slf(x) + m))
+        return x[0] - x[1]
 
 
 class DescriptorMaps(nn.Module):
@@ -117,10 +117,11 @@ class DescriptorMaps(nn.Module):
         n_atoms, n_orb = descriptors.shape[:2]
         x = ContextGNN(self.gnn_width, self.gnn_iterations, name="gnn")(descriptors, nuclei)
         f_mlp = MLP(self.f_widths, name="f_mlp")
-        f_hidden = f_mlp(x) - f_mlp(-x)  # odd in x, hence odd in the descriptor
-        f = nn.Dense(2 * self.n_det * self.d_emb, use_bias=False, name="f_out")(f_hidden)
+        f_stacked = f_mlp(jnp.stack([x, -x]))  # one pass, as in ContextGNN
+        f_hidden = f_stacked[0] - f_stacked[1]  # odd in x, hence odd in the descriptor
+        f = Dense(2 * self.n_det * self.d_emb, use_bias=False, name="f_out")(f_hidden)
         g_hidden = MLP(self.g_widths, name="g_mlp")(x * x)
-        g_out = nn.Dense(
+        g_out = Dense(
             2 * self.n_det,
             kernel_init=nn.initializers.variance_scaling(1e-2, "fan_in", "normal"),
             name="g_out",
@@ -240,7 +241,7 @@ class BackflowOrbitals(nn.Module):
         pi = self.param("pi", nn.initializers.ones, (2, n_det, self.n_atoms, n_el))
         rows = []
         for s, (hs, ds) in enumerate(((h[:n_up], dist_en[:n_up]), (h[n_up:], dist_en[n_up:]))):
-            linear = nn.Dense(n_det * n_el, name=f"orbitals_{'up' if s == 0 else 'dn'}")(hs)
+            linear = Dense(n_det * n_el, name=f"orbitals_{'up' if s == 0 else 'dn'}")(hs)
             linear = linear.reshape(-1, n_det, n_el).transpose(1, 0, 2)  # [D, i, k]
             decay = jnp.exp(-jnp.abs(sigma[s])[:, None] * ds[None, :, :, None])  # [D, i, A, k]
             env = jnp.einsum("dak,diak->dik", pi[s], decay)

@@ -33,7 +33,8 @@ follow) does, in this one place:
    `kfac_jax.Optimizer`'s step into a local and a global part (see `KFACOptimizer` there) from
    the pieces kfac-jax's own `_step` is made of, and gets each piece from one function here:
    `init_state`, `schedules`, `local_curvature_loss_and_grads`, `mark_synced`,
-   `update_inverses`, `precondition`, `apply_norm_constraint`, `momentum_step`. They take the
+   `update_inverses`, `precondition`, `apply_norm_constraint`, `momentum_step` (and
+   `curvature_block_types`, which block holds which parameter). They take the
    `kfac_jax.Optimizer` and must be called inside its `staging_context()` (kfac-jax's public
    way to say "inside a staged computation"), as kfac-jax's own staged methods are.
 """
@@ -263,9 +264,25 @@ def momentum_step(
     return opt._weighted_sum_of_objects(vectors, coefficients), coefficients
 
 
+def curvature_block_types(opt: kfac_jax.Optimizer) -> dict[str, str]:
+    """{parameter path ('embedding/one_0/kernel', ...): class name of the curvature block that
+    holds it ('RepeatedDenseBlock', 'NaiveDiagonal', ...)} of a finalized optimizer.
+
+    A parameter that kfac-jax's graph matcher did not recognise as part of a dense layer ends
+    in a 'NaiveDiagonal' block, whose curvature is the square of the walker-summed gradient
+    (see hpcwf.model.layers); tests use this to keep that from happening unnoticed."""
+    estimator = opt._estimator
+    types = {}
+    for path, index in jax.tree_util.tree_flatten_with_path(estimator.params_block_index)[0]:
+        name = "/".join(str(getattr(k, "key", k)) for k in path).removeprefix("params/")
+        types[name] = type(estimator.blocks[index]).__name__
+    return types
+
+
 BIND_PARAMS_IS_DICT = bind_params_is_dict()
 _check_versions()
 PATCHED = _patch()
+
 
 __all__ = [
     "BIND_PARAMS_IS_DICT",
@@ -275,6 +292,7 @@ __all__ = [
     "PATCHED",
     "SUPPORTED_JAX",
     "apply_norm_constraint",
+    "curvature_block_types",
     "eval_jaxpr_eqn",
     "init_state",
     "kfac_jax",

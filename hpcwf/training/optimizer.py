@@ -205,6 +205,10 @@ class KFACOptimizer:
     def local_statistics(self, params, state, key, batch) -> LocalStatistics:
         return self._local(params, state, key, batch)
 
+    def curvature_block_types(self) -> dict[str, str]:
+        """{parameter path: curvature block class} after `init` (kfac_adapter.curvature_block_types)."""
+        return kfac_adapter.curvature_block_types(self._opt)
+
     def apply(self, params, state, stats: LocalStatistics, step):
         """Inside the global program. Mirrors kfac_jax.Optimizer._step for momentum 0 and
         fixed schedules."""

@@ -1,0 +1,75 @@
+"""The network's dense layer, written so that K-FAC sees every use of it.
+
+kfac-jax builds its curvature blocks by matching the traced loss against patterns of dense
+layers (`kfac_jax` tag_graph_matcher: `x @ W + b` with the walker axis first and at most two
+axes repeated in between). A parameter it does not match falls back to a `NaiveDiagonal`
+block, whose curvature under `estimation_mode="fisher_exact"` is the square of the
+walker-SUMMED score divided by the walker count, (sum_i d log|psi_i|/d theta)^2 / N, instead
+of the mean of the per-walker squares: up to N times too large when the mean score is not
+zero (the parameter then hardly moves) and pure noise when it is. Two forms in our model
+were missed, measured on model S (42 of 60 parameter arrays were NaiveDiagonal):
+
+* flax's `nn.Dense` adds its bias as `y + b.reshape((1,) * (y.ndim - 1) + b.shape)`; under
+  `jax.vmap` over walkers that reshape no longer has the rank the pattern expects, so every
+  bias was unmatched;
+* a layer applied twice with the same weights (the odd functions G(c) - G(-c) of the
+  context GNN and of f) matches no pattern at all, kernel included.
+
+`Dense` below flattens all leading axes into one repeat axis and adds its bias by plain
+broadcasting, which matches kfac-jax's `repeated[1]_dense_with_bias`; callers evaluate an odd
+function once on the stacked inputs [c, -c] instead of twice (hpcwf.model.orbitals). `Embed`
+looks its table up by a one-hot product, a dense layer to kfac-jax, where flax's gather is not.
+Parameter names, shapes and initialisers are those of `flax.linen.Dense` and `flax.linen.Embed`,
+so parameter files written before are read unchanged and a new model starts from the same
+values. Only the electron-electron Jastrow's two scales stay in a diagonal block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+class Dense(nn.Module):
+    """y = x W + b for x [..., d_in] -> [..., features]; any number of leading axes.
+
+    Attributes:
+        features: output width.
+        use_bias: add b (zeros at initialisation).
+        kernel_init: initialiser of W [d_in, features] (LeCun normal, as flax's Dense).
+    """
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        leading = x.shape[:-1]
+        y = jnp.dot(x.reshape(math.prod(leading), x.shape[-1]), kernel)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y.reshape(*leading, self.features)
+
+
+class Embed(nn.Module):
+    """A learned vector per integer label (as `flax.linen.Embed`: parameter `embedding`
+    [num_embeddings, features], same initialiser), looked up as one-hot(label) @ table so
+    that K-FAC sees a dense layer rather than a gather, which it would give a NaiveDiagonal
+    block. Labels [...] (int) -> [..., features]; labels outside [0, num_embeddings) give 0."""
+
+    num_embeddings: int
+    features: int
+
+    @nn.compact
+    def __call__(self, labels: jnp.ndarray) -> jnp.ndarray:
+        table = self.param("embedding", nn.linear.default_embed_init, (self.num_embeddings, self.features))
+        one_hot = jax.nn.one_hot(labels, self.num_embeddings, dtype=table.dtype)
+        leading = one_hot.shape[:-1]
+        y = jnp.dot(one_hot.reshape(math.prod(leading), self.num_embeddings), table)
+        return y.reshape(*leading, self.features)
