@@ -11,7 +11,7 @@ error (mHa), median seconds per optimization step (compile excluded), wall time 
 job (HF, pre-training, compile, optimization, evaluation) and the job's peak resident memory.
 
     python benchmarks/accuracy.py [--systems LiH H2O ...] [--steps N | --steps He=1000 LiH=2000]
-                                  [--out DIR]
+                                  [--out DIR] [--set optimization.norm_constraint=0.03 ...]
     python benchmarks/accuracy.py --report-only [--out DIR]   # table of every finished system
 
 Each finished system's row is kept as DIR/NAME.json, so runs done in several invocations (one
@@ -60,13 +60,23 @@ def parse_steps(values: list[str], names: list[str]) -> dict[str, int]:
     return steps
 
 
-def run_system(geometry: dict, steps: int, out: Path) -> dict:
-    """Runs one job and returns its row of the results table."""
+def set_key(job: dict, item: str) -> None:
+    """Applies one `--set SECTION.KEY=VALUE` (VALUE in TOML) to the job dict."""
+    key, _, value = item.partition("=")
+    section, _, name = key.partition(".")
+    job.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
+
+
+def run_system(geometry: dict, steps: int, out: Path, settings: list[str] = ()) -> dict:
+    """Runs one job (every key at its default but `steps` and `settings`, items of --set)
+    and returns its row of the results table."""
     name = geometry["name"]
     run_dir = out / name
     job: dict = {"geometry": [geometry], "output": {"dir": str(run_dir), "print_every": 100}}
     if steps:
         job["optimization"] = {"steps": steps}
+    for item in settings:
+        set_key(job, item)
     job_file = out / f"{name}.toml"
     job_file.write_text(tomli_w.dumps(job))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -123,6 +133,9 @@ def main() -> None:
         "--steps", nargs="+", default=[], help="N for all systems and/or NAME=N (default: hpcwf's default)"
     )
     parser.add_argument("--out", default="runs/benchmark_accuracy")
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="job keys SECTION.KEY=VALUE (TOML values) for every system"
+    )
     parser.add_argument("--report-only", action="store_true", help="print the table of finished systems")
     args = parser.parse_args()
     if args.report_only:
@@ -144,7 +157,7 @@ def main() -> None:
 
     rows = []
     for name in args.systems:
-        rows.append(run_system(systems[name], steps[name], out))
+        rows.append(run_system(systems[name], steps[name], out, args.set))
         rows[-1]["walkers"] = OptimizationConfig().batch_size
         r = rows[-1]
         (out / f"{name}.json").write_text(json.dumps(r, indent=1))
