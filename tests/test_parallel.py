@@ -406,9 +406,9 @@ def test_two_ranks_sharing_each_geometry_equal_one_rank_with_all_walkers(tmp_pat
             "steps = 2\n[optimization]", "steps = 2\nbatch_size = 16\n[optimization]"
         )
         # Adam: its step is a function of the batch's gradient alone. K-FAC's is not quite:
-        # kfac-jax estimates the curvature of the layers it cannot match to a dense layer
-        # (NaiveDiagonal blocks) from the squared batch-summed gradient, which is not additive
-        # over parts of a batch (as in kfac-jax's own multi-device step).
+        # kfac-jax estimates the curvature of the Jastrow's two scales (a NaiveDiagonal block;
+        # every network layer is Kronecker-factored) from the squared batch-summed gradient,
+        # which is not additive over parts of a batch (as in kfac-jax's own multi-device step).
         text = text.replace("learning_rate = 0.05", 'learning_rate = 0.003\noptimizer = "adam"')
         path.write_text(text + extra)
         return path

@@ -149,3 +149,33 @@ def test_every_registered_orbital_type_is_an_orbital_map(name):
             molecule_shape(name, [h2, lih])
         with pytest.raises(ValueError, match="molecule shape"):
             cls.create(size, n_det, None)
+
+
+def test_layers_reproduce_flax_dense_and_embed():
+    """hpcwf.model.layers.Dense / Embed are flax's nn.Dense / nn.Embed written for kfac-jax's
+    graph matcher: same parameter names, shapes, dtypes and initial values for the same key,
+    the same outputs (float32 parameters also under x64), so parameter files stay valid."""
+    from flax import linen as nn
+
+    from hpcwf.model.layers import Dense, Embed
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5)), jnp.float32)
+    labels = jnp.asarray([[0, 3], [10, 1]])
+    pairs = [
+        (Dense(7), nn.Dense(7), x),
+        (Dense(7, use_bias=False), nn.Dense(7, use_bias=False), x),
+        (Embed(11, 4), nn.Embed(11, 4), labels),
+    ]
+    for x64 in (False, True):
+        with jax.enable_x64(x64):
+            for ours, theirs, inputs in pairs:
+                inputs = inputs.astype(jnp.float64) if x64 and inputs.dtype == jnp.float32 else inputs
+                p_ours = ours.init(jax.random.PRNGKey(3), inputs)
+                p_theirs = theirs.init(jax.random.PRNGKey(3), inputs)
+                assert jax.tree.structure(p_ours) == jax.tree.structure(p_theirs)
+                for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_theirs), strict=True):
+                    assert a.dtype == b.dtype == jnp.float32 and a.shape == b.shape
+                    np.testing.assert_array_equal(a, b)
+                np.testing.assert_allclose(
+                    ours.apply(p_ours, inputs), theirs.apply(p_theirs, inputs), rtol=1e-6, atol=1e-6
+                )

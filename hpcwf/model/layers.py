@@ -21,7 +21,8 @@ function once on the stacked inputs [c, -c] instead of twice (hpcwf.model.orbita
 looks its table up by a one-hot product, a dense layer to kfac-jax, where flax's gather is not.
 Parameter names, shapes and initialisers are those of `flax.linen.Dense` and `flax.linen.Embed`,
 so parameter files written before are read unchanged and a new model starts from the same
-values. Only the electron-electron Jastrow's two scales stay in a diagonal block.
+values. Only the electron-electron Jastrow's two scales (and backflow's per-orbital envelope
+arrays) stay in diagonal blocks.
 """
 
 from __future__ import annotations
@@ -46,14 +47,15 @@ class Dense(nn.Module):
     features: int
     use_bias: bool = True
     kernel_init: Callable = nn.initializers.lecun_normal()
+    param_dtype: jnp.dtype = jnp.float32  # as flax's: float32 parameters also under x64
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
         leading = x.shape[:-1]
         y = jnp.dot(x.reshape(math.prod(leading), x.shape[-1]), kernel)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
         return y.reshape(*leading, self.features)
 
 
@@ -61,14 +63,17 @@ class Embed(nn.Module):
     """A learned vector per integer label (as `flax.linen.Embed`: parameter `embedding`
     [num_embeddings, features], same initialiser), looked up as one-hot(label) @ table so
     that K-FAC sees a dense layer rather than a gather, which it would give a NaiveDiagonal
-    block. Labels [...] (int) -> [..., features]; labels outside [0, num_embeddings) give 0."""
+    block. Labels [...] (int) -> [..., features]; labels outside [0, num_embeddings) give a
+    zero vector (flax's gather gave NaN): callers clip them."""
 
     num_embeddings: int
     features: int
+    param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, labels: jnp.ndarray) -> jnp.ndarray:
-        table = self.param("embedding", nn.linear.default_embed_init, (self.num_embeddings, self.features))
+        shape = (self.num_embeddings, self.features)
+        table = self.param("embedding", nn.linear.default_embed_init, shape, self.param_dtype)
         one_hot = jax.nn.one_hot(labels, self.num_embeddings, dtype=table.dtype)
         leading = one_hot.shape[:-1]
         y = jnp.dot(one_hot.reshape(math.prod(leading), self.num_embeddings), table)
