@@ -13,6 +13,7 @@ job (HF, pre-training, compile, optimization, evaluation) and the job's peak res
     python benchmarks/accuracy.py [--systems LiH H2O ...] [--steps N | --steps He=1000 LiH=2000]
                                   [--out DIR] [--set optimization.norm_constraint=0.03 ...]
     python benchmarks/accuracy.py --report-only [--out DIR]   # table of every finished system
+    python benchmarks/accuracy.py --windows 200 [--out DIR]   # progress: medians per 200 steps
 
 Each finished system's row is kept as DIR/NAME.json, so runs done in several invocations (one
 system at a time on a shared machine) print as one table.
@@ -125,6 +126,33 @@ def print_table(rows: list[dict]) -> None:
     print(f"(chemical accuracy: {CHEMICAL_ACCURACY_MHA} mHa)")
 
 
+def print_windows(out: Path, systems: dict[str, dict], width: int) -> None:
+    """Progress per step: for every system with a run dir in `out` (finished or not), the
+    median over each window of `width` optimization steps of (step energy - reference), mHa,
+    and of the variance, Ha^2, and the median update norm (K-FAC's step length)."""
+    print(f"median per {width} optimization steps: E - ref (mHa) | variance (Ha^2) | update norm")
+    for name, geometry in systems.items():
+        log = out / name / "energies.h5"
+        if not log.exists():
+            continue
+        with h5py.File(log, "r", locking=False) as f:
+            energy, variance = f["train/energy"][:], f["train/variance"][:]
+            update = (
+                f["train/update_norm"][:] if "update_norm" in f["train"] else np.full_like(energy, np.nan)
+            )
+        starts = range(0, len(energy), width)
+        diff = [1000 * (np.median(energy[i : i + width]) - geometry["reference_energy"]) for i in starts]
+        print(f"{name:<6} steps {len(energy):>5}: " + " ".join(f"{d:+7.1f}" for d in diff))
+        print(
+            f"{'':<6} {'variance':>11}: "
+            + " ".join(f"{np.median(variance[i : i + width]):7.2f}" for i in starts)
+        )
+        print(
+            f"{'':<6} {'update norm':>11}: "
+            + " ".join(f"{np.median(update[i : i + width]):7.3f}" for i in starts)
+        )
+
+
 def main() -> None:
     systems = load_systems()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -137,7 +165,17 @@ def main() -> None:
         "--set", nargs="*", default=[], help="job keys SECTION.KEY=VALUE (TOML values) for every system"
     )
     parser.add_argument("--report-only", action="store_true", help="print the table of finished systems")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print medians per N steps of every run dir in --out (also unfinished) and exit",
+    )
     args = parser.parse_args()
+    if args.windows:
+        print_windows(Path(args.out), systems, args.windows)
+        return
     if args.report_only:
         out = Path(args.out)
         rows = [
