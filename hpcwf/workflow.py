@@ -197,7 +197,10 @@ def restore_params(path: str, template, cfg: JobConfig):
     flat_template = traverse_util.flatten_dict(template)
     flat_loaded = traverse_util.flatten_dict(loaded)
     if set(flat_template) != set(flat_loaded):
-        raise CheckpointError(f"{path}: parameter tree does not match this model")
+        missing = sorted("/".join(k) for k in set(flat_template) - set(flat_loaded))
+        extra = sorted("/".join(k) for k in set(flat_loaded) - set(flat_template))
+        detail = f"lacks {', '.join(missing[:3])}" if missing else f"has no place for {', '.join(extra[:3])}"
+        raise CheckpointError(f"{path}: parameter tree does not match this model (the file {detail})")
     for k, v in flat_template.items():
         if flat_loaded[k].shape != v.shape:
             raise CheckpointError(

@@ -53,7 +53,8 @@ def test_fisher_mode_is_the_scaled_constraint_with_lr_squared():
     fisher = step("fisher", 1e-4)
     scaled = step("fisher_scaled", 1e-4 * LR**2)
     free = step("fisher", 1e12)
-    np.testing.assert_allclose(fisher, scaled, rtol=1e-4, atol=1e-9)
+    # float32: entries far below the largest carry rounding of ~1e-4 of the largest
+    np.testing.assert_allclose(fisher, scaled, rtol=1e-4, atol=1e-4 * np.abs(scaled).max())
     assert np.linalg.norm(fisher) < 0.5 * np.linalg.norm(free)  # the constraint was active
 
 
@@ -80,7 +81,7 @@ def test_every_network_layer_has_a_kronecker_factored_block():
     every flax bias and the layers used twice by the odd functions G(c) - G(-c). About 10 s."""
     lih = Molecule.create("LiH", [["Li", 0, 0, 0], ["H", 3.015, 0, 0]])
     tao = _block_types("tao", lih, 2)
-    assert len(tao) == 60 and "orbital_map/maps_dn/gnn/input_layer/bias" in tao
+    assert len(tao) == 64 and "orbital_map/maps_dn/gnn/input_layer/bias" in tao
     assert sorted(name for name, kind in tao.items() if kind != "RepeatedDenseBlock") == ["jastrow_scale"]
     # Backflow's per-orbital envelope exponents and weights are plain arrays, not layers.
     backflow = _block_types("backflow", lih, 2)

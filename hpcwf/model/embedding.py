@@ -66,8 +66,10 @@ class ElectronEmbedding(nn.Module):
         n_same = jnp.maximum(same.sum(axis=1, keepdims=True), 1.0)
         n_other = jnp.maximum(other.sum(axis=1, keepdims=True), 1.0)
 
-        # Electron-nucleus stream: pair features gated by a learned embedding of Z, summed over
-        # nuclei so any number of atoms maps to the same parameters. Its distance is the
+        # Electron-nucleus stream (METHOD 1.4; DeepErwin's dpe4 with its el-ion stream): pair
+        # features gated by a learned embedding of Z, updated every iteration from themselves
+        # and the electron's h, and summed over nuclei into h's input, so any number of atoms
+        # maps to the same parameters. Its distance is the
         # cusp-free u_I(r) (~ r^2 Z_I / 2 inside the core, r - 1/Z_I outside): |r| has a kink at
         # the nucleus, which would add to the exact cusp of the orbitals (hpcwf.model.envelopes)
         # and make E_L diverge there, while u still resolves the core.
@@ -99,8 +101,13 @@ class ElectronEmbedding(nn.Module):
             mean_other_h = (other @ h) / n_other
             mean_same_g = jnp.einsum("ij,ijw->iw", same_od, g) / n_same_od
             mean_other_g = jnp.einsum("ij,ijw->iw", other_od, g) / n_other
-            features = jnp.concatenate([h, mean_same_h, mean_other_h, mean_same_g, mean_other_g], -1)
+            features = jnp.concatenate(
+                [h, mean_same_h, mean_other_h, mean_same_g, mean_other_g, en.sum(axis=1)], -1
+            )
             h = h + nn.tanh(Dense(self.width_one, name=f"one_{it}")(features))
             if it < self.n_iterations - 1:
                 g = g + nn.tanh(Dense(self.width_two, name=f"two_{it}")(g))
+                h_at_nuclei = jnp.broadcast_to(h[:, None, :], (*en.shape[:2], h.shape[-1]))
+                en_features = jnp.concatenate([en, h_at_nuclei], -1)
+                en = en + nn.tanh(Dense(self.width_nuc, name=f"nuc_{it}")(en_features))
         return h
