@@ -108,6 +108,42 @@ def test_corrupt_init_checkpoint(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_init_checkpoint_of_an_older_model_layout_is_refused(tmp_path):
+    """A parameter file written before the embedding's iterated electron-nucleus stream (same
+    size, orbitals and determinants, but no embedding/nuc_* layers) is refused in one line
+    naming what it lacks, exit 2, nothing written (about 20 s: one model initialisation)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import traverse_util
+
+    from hpcwf.io.checkpoint import save_params
+    from hpcwf.model.geometry import geometry_data
+    from hpcwf.model.wavefunction import build_wavefunction, init_params
+    from hpcwf.systems.hartree_fock import run_hartree_fock
+    from hpcwf.systems.molecule import Molecule
+
+    mol = Molecule.create("LiH", [["Li", 0, 0, 0], ["H", 3.015, 0, 0]])
+    hf = run_hartree_fock(mol, "STO-6G")
+    data = geometry_data(mol, hf.descriptors_up, hf.descriptors_dn, jnp.float32)
+    params = jax.device_get(init_params(build_wavefunction("S", "tao", 4), jax.random.PRNGKey(0), data))
+    flat = traverse_util.flatten_dict(params)
+    older = {k: np.asarray(v) for k, v in flat.items() if not any(part.startswith("nuc_") for part in k)}
+    assert len(older) < len(flat)
+    old = tmp_path / "old.h5"
+    save_params(
+        old, traverse_util.unflatten_dict(older), {"model_size": "S", "orbitals": "tao", "n_determinants": 4}
+    )
+    job = tmp_path / "job.toml"
+    job.write_text(LIH + f'[init]\ncheckpoint = "{old}"\n[output]\ndir = "{tmp_path / "run"}"\n')
+    proc = subprocess.run([sys.executable, "-m", "hpcwf", "run", str(job)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {job}: init.checkpoint: {old}: parameter tree does not match")
+    assert "lacks params/embedding/nuc_0/bias" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
