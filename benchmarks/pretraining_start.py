@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 import tomli_w
 import tomllib
+from accuracy import set_key  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO / "inputs" / "datasets" / "accuracy.toml"
@@ -42,12 +43,6 @@ DATASET = REPO / "inputs" / "datasets" / "accuracy.toml"
 
 def load_systems() -> dict[str, dict]:
     return {t["name"]: t for t in tomllib.loads(DATASET.read_text())["geometry"]}
-
-
-def _set(job: dict, item: str) -> None:
-    key, _, value = item.partition("=")
-    section, _, name = key.partition(".")
-    job.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
 
 
 def run_system(geometry: dict, out: Path, repo: Path, settings: list[str]) -> dict:
@@ -60,7 +55,7 @@ def run_system(geometry: dict, out: Path, repo: Path, settings: list[str]) -> di
         "output": {"dir": str(run_dir), "print_every": 100},
     }
     for item in settings:
-        _set(job, item)
+        set_key(job, item)
     job_file = out / f"{name}.toml"
     job_file.write_text(tomli_w.dumps(job))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(repo))

@@ -20,9 +20,10 @@ broadcasting, which matches kfac-jax's `repeated[1]_dense_with_bias`; callers ev
 function once on the stacked inputs [c, -c] instead of twice (hpcwf.model.orbitals). `Embed`
 looks its table up by a one-hot product, a dense layer to kfac-jax, where flax's gather is not.
 Parameter names, shapes and initialisers are those of `flax.linen.Dense` and `flax.linen.Embed`,
-so parameter files written before are read unchanged and a new model starts from the same
-values. Only the electron-electron Jastrow's two scales (and backflow's per-orbital envelope
-arrays) stay in diagonal blocks.
+so replacing flax's layers by these changed neither the parameter layout nor the initial
+values (the embedding's later electron-nucleus stream did change the layout). Only the
+electron-electron Jastrow's two scales (and backflow's per-orbital envelope arrays) stay in
+diagonal blocks.
 """
 
 from __future__ import annotations
