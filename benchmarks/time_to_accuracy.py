@@ -38,6 +38,7 @@ system's reference geometry (the one with a sourced reference energy, REFERENCES
     python benchmarks/time_to_accuracy.py --code hpcwf --system lih1 [--budget-min 30]
     python benchmarks/time_to_accuracy.py --code deeperwin --system lih3 --peers /work/peers
     python benchmarks/time_to_accuracy.py --code ferminet --system O --peers /work/peers
+    python benchmarks/time_to_accuracy.py --code deeperwin --system N2 --config-only  # inputs only
     python benchmarks/time_to_accuracy.py --report-only [--out DIR]   # table of finished runs
     python benchmarks/time_to_accuracy.py --code deeperwin --system lih1 --reparse  # summarize again
 
@@ -112,7 +113,7 @@ STEP_MARKS = (500, 1000, 2000)
 STEP_LINE = re.compile(r"^step\s+(\d+)/")
 
 
-def run_hpcwf(system: str, budget_s: float, run_dir: Path, schedule: str | None) -> dict:
+def run_hpcwf(system: str, budget_s: float, run_dir: Path, schedule: str | None, config_only: bool) -> dict:
     """Runs `hpcwf run` on the system until the budget; returns per-geometry (wall s, energy) series."""
     geometries = [
         {"name": g.name, "atoms": [list(a) for a in g.atoms], "spin": g.spin} for g in SYSTEMS[system]
@@ -129,6 +130,9 @@ def run_hpcwf(system: str, budget_s: float, run_dir: Path, schedule: str | None)
     job_file = run_dir / "job.toml"
     job_file.write_text(tomli_w.dumps(job))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    if config_only:
+        subprocess.run([sys.executable, "-m", "hpcwf", "check", str(job_file)], check=True, env=env)
+        return {}
     first_step: list[tuple[float, int]] = []
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -172,7 +176,9 @@ def read_hpcwf(system: str, run_dir: Path) -> dict:
     return series
 
 
-def run_deeperwin(system: str, budget_s: float, run_dir: Path, peers: Path, shared: Path) -> dict:
+def run_deeperwin(
+    system: str, budget_s: float, run_dir: Path, peers: Path, shared: Path, config_only: bool
+) -> dict:
     """Runs DeepErwin (peer recipe) on the system until the budget; returns per-geometry series."""
     python = peers / "dw-venv" / "bin"
     overrides = ["optimization.n_epochs=1000000", "logging.basic.n_skip_epochs=0"]
@@ -187,6 +193,8 @@ def run_deeperwin(system: str, budget_s: float, run_dir: Path, peers: Path, shar
         str(recipe / "dw_tao_lih3_small.yml"),
     ]
     subprocess.run([*make_config, str(run_dir / "config.yml"), *overrides], check=True, env=env, cwd=run_dir)
+    if config_only:
+        return {}
     command = ["deeperwin", "run" if len(SYSTEMS[system]) == 1 else "run-multiple-shared", "config.yml"]
     t0 = time.perf_counter()
     (run_dir / "timing.json").write_text(json.dumps({"launch_unix_s": time.time()}))
@@ -268,13 +276,17 @@ cfg.network.ferminet.hidden_dims = tuple(tuple(layer) for layer in spec["hidden_
 cfg.network.determinants = spec["determinants"]
 cfg.log.save_path = spec["save_path"]
 cfg = base_config.resolve(cfg)
+if sys.argv[2:] == ["--check"]:  # the resolved system and model, no training
+    print(cfg.system.molecule, "electrons", cfg.system.electrons, "walkers", cfg.batch_size)
+    print("hidden_dims", cfg.network.ferminet.hidden_dims, "determinants", cfg.network.determinants)
+    sys.exit(0)
 logging.set_verbosity(logging.INFO)
 logging.info("System config:\\n%s", cfg)
 train.train(cfg)
 """
 
 
-def run_ferminet(system: str, budget_s: float, run_dir: Path, peers: Path) -> dict:
+def run_ferminet(system: str, budget_s: float, run_dir: Path, peers: Path, config_only: bool) -> dict:
     """Runs FermiNet (small model, its defaults otherwise) on the system until the budget."""
     if len(SYSTEMS[system]) != 1:
         sys.exit("FermiNet runs one geometry at a time: use a single-geometry system")
@@ -291,6 +303,11 @@ def run_ferminet(system: str, budget_s: float, run_dir: Path, peers: Path) -> di
     (run_dir / "ferminet_run.py").write_text(FERMINET_DRIVER)
     python = peers / "fn-venv" / "bin" / "python"
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    if config_only:
+        subprocess.run(
+            [str(python), "ferminet_run.py", "spec.json", "--check"], check=True, env=env, cwd=run_dir
+        )
+        return {}
     t0 = time.perf_counter()
     (run_dir / "timing.json").write_text(json.dumps({"launch_unix_s": time.time()}))
     with open(run_dir / "stdout.txt", "w") as out:
@@ -412,6 +429,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/benchmark_time_to_accuracy")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--reparse", action="store_true", help="summarize the existing run dir again")
+    parser.add_argument(
+        "--config-only",
+        action="store_true",
+        help="write (and check) the run's inputs in <run dir>_config, no run",
+    )
     args = parser.parse_args()
     out = Path(args.out).resolve()
     if not args.report_only:
@@ -420,7 +442,7 @@ def main() -> None:
         label = args.code + (f"-{args.schedule}" if args.schedule else "")
         if args.code == "hpcwf" and os.environ.get("HPCWF_CPU_DEVICES"):
             label += f"-dev{os.environ['HPCWF_CPU_DEVICES']}"
-        run_dir = out / f"{label}_{args.system}"
+        run_dir = out / (f"{label}_{args.system}" + ("_config" if args.config_only else ""))
         budget_s = 60 * args.budget_min
         if args.reparse:
             if args.code == "hpcwf":
@@ -433,12 +455,16 @@ def main() -> None:
             if run_dir.exists():
                 sys.exit(f"{run_dir} exists: remove it, choose another --out, or --reparse it")
             run_dir.mkdir(parents=True)
+            peers, config_only = Path(args.peers), args.config_only
             if args.code == "hpcwf":
-                series = run_hpcwf(args.system, budget_s, run_dir, args.schedule)
+                series = run_hpcwf(args.system, budget_s, run_dir, args.schedule, config_only)
             elif args.code == "deeperwin":
-                series = run_deeperwin(args.system, budget_s, run_dir, Path(args.peers), Path(args.shared))
+                series = run_deeperwin(args.system, budget_s, run_dir, peers, Path(args.shared), config_only)
             else:
-                series = run_ferminet(args.system, budget_s, run_dir, Path(args.peers))
+                series = run_ferminet(args.system, budget_s, run_dir, peers, config_only)
+            if config_only:
+                print(f"inputs written to {run_dir}; nothing run")
+                return
         row = {"code": label, "system": args.system, "budget_min": args.budget_min, "window": args.window}
         row.update(summarize(args.system, series, args.window, budget_s))
         (run_dir / "result.json").write_text(json.dumps(row, indent=1))
