@@ -3,6 +3,9 @@
 Each electron i gets a feature vector h_i that depends on all electron and nuclear positions,
 is equivariant under permutations of same-spin electrons, and whose parameter count does not
 depend on the molecule (atoms enter through sums over nuclei with a learned embedding of Z).
+Distances to nuclei and between electrons enter only through `cusp_free_distance`, smooth at
+0, so both cusps of psi are the exact built-in ones (`hpcwf.model.envelopes`, the Jastrow of
+`hpcwf.model.wavefunction`) and not random kinks of the features.
 """
 
 from __future__ import annotations
@@ -88,7 +91,10 @@ class ElectronEmbedding(nn.Module):
 
         # Electron-electron stream; the diagonal is padded (|r_ii| = 0) and masked out of sums.
         diff_ee = electrons[:, None, :] - electrons[None, :, :]
-        dist_ee = safe_distances(diff_ee, pad_diagonal=True)
+        # Smooth at coalescence (u ~ r^2 / 2 near 0, as for the nuclei): the e-e cusp is the
+        # Jastrow's alone and exact; |r_ij| itself here gave psi a random kink at r_ij = 0
+        # (slope 1.98 instead of 1/2 for He at initialisation, E_L ~ 1/r_ij there).
+        dist_ee = cusp_free_distance(safe_distances(diff_ee, pad_diagonal=True), jnp.ones((), diff_ee.dtype))
         g = nn.tanh(Dense(self.width_two, name="two_input")(scaled_pair_features(diff_ee, dist_ee)))
         off_diagonal = 1.0 - jnp.eye(n_el, dtype=electrons.dtype)
         same_od, other_od = same * off_diagonal, other * off_diagonal

@@ -49,6 +49,15 @@ def signed_logsumexp(signs: jnp.ndarray, logs: jnp.ndarray) -> tuple[jnp.ndarray
     return jnp.sign(total), jnp.log(jnp.abs(total)) + shift
 
 
+# Initial range a_s (bohr) of the e-e cusp Jastrow. HF pre-training fits only the Slater
+# matrices, so J is what separates the pre-trained psi from HF where VMC starts: J pushes every
+# pair apart over ~a_s and, with no one-body term to compensate, spreads the whole density.
+# With a_s = 1 N2 started VMC +0.66..+0.88 Ha above E_HF (5 runs; mean E_L -V/T = 2.15 against
+# HF's 2.04: ~7 % too diffuse), with 0.3 +0.11 Ha; O +0.14..+0.26 against +0.11
+# (benchmarks/pretraining_start.py, issue 18, session 13: results/pretraining_start_cpu.txt).
+JASTROW_RANGE_INIT = 0.3
+
+
 class Wavefunction(nn.Module):
     """psi(r) = J(r) * sum_d det Phi^d(r), Phi from the orbital map named `orbitals` (TAO or
     backflow, hpcwf.model.registry) with the nuclear cusp built into its rows
@@ -56,8 +65,10 @@ class Wavefunction(nn.Module):
 
     J is a parameter-light electron-electron cusp Jastrow,
     exp(sum_{i<j} -c_s a_s^2 / (a_s + r_ij)) with c = 1/4 (same spin) and 1/2 (opposite spin),
-    which satisfies the electron-electron cusp conditions and is symmetric, so it changes
-    neither antisymmetry nor the HF-phase equivariance.
+    which satisfies the electron-electron cusp conditions for any range a_s > 0 (exactly:
+    the embedding is smooth at r_ij = 0, `hpcwf.model.embedding`) and is
+    symmetric, so it changes neither antisymmetry nor the HF-phase equivariance. The ranges
+    start at JASTROW_RANGE_INIT bohr (learned from there).
     """
 
     size: ModelHyperparameters
@@ -71,7 +82,7 @@ class Wavefunction(nn.Module):
         s = self.size
         self.embedding = ElectronEmbedding(s.width_one, s.width_two, s.width_nuc, s.embedding_iterations)
         self.orbital_map = orbital_map_type(self.orbitals).create(s, self.n_det, self.molecule_shape)
-        self.jastrow_scale = self.param("jastrow_scale", nn.initializers.ones, (2,))
+        self.jastrow_scale = self.param("jastrow_scale", nn.initializers.constant(JASTROW_RANGE_INIT), (2,))
 
     def slater_matrices(self, electrons: jnp.ndarray, geometry: GeometryData) -> jnp.ndarray:
         """[n_det, n_el, n_el] for electrons [n_el, 3] (up electrons first): the orbital map's
