@@ -28,7 +28,8 @@ from hpcwf.io.hf_cache import HartreeFockCache
 from hpcwf.mcmc import init_walkers, initial_electrons, make_mcmc_sweep
 from hpcwf.model.geometry import geometry_data
 from hpcwf.model.wavefunction import init_params, log_abs_psi_fn
-from hpcwf.training.pretrain import HartreeFockOrbitals, hf_log_abs_psi
+from hpcwf.training.pretrain import hf_log_abs_psi
+from hpcwf.workflow import _device_orbitals as device_orbitals
 from hpcwf.workflow import make_model, restore_params
 
 EDGES = np.array([0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3, np.inf])  # bohr
@@ -96,13 +97,7 @@ def main() -> None:
     params = restore_params(
         str(run / "checkpoints" / "params.h5"), init_params(model, jax.random.PRNGKey(0), geometry), cfg
     )
-    orbitals = HartreeFockOrbitals(
-        jax.tree_util.tree_map(
-            lambda x: jnp.asarray(x, jnp.float32) if x.dtype.kind == "f" else x, hf.basis()
-        ),
-        jnp.asarray(hf.mo_coeff_up, jnp.float32),
-        jnp.asarray(hf.mo_coeff_dn, jnp.float32),
-    )
+    orbitals = device_orbitals(hf)  # as pre-training evaluates them
     net = sample_and_bin(log_abs_psi_fn(model), params, geometry, mol, args.sweeps, args.walkers)
     ref = sample_and_bin(hf_log_abs_psi, orbitals, geometry, mol, args.sweeps, args.walkers)
     print(f"{mol.name}: network <T> {net[:, 1].sum():.3f}  <V_eN> {net[:, 2].sum():.3f} Ha;")

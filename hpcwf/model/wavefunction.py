@@ -53,7 +53,8 @@ def signed_logsumexp(signs: jnp.ndarray, logs: jnp.ndarray) -> tuple[jnp.ndarray
 # matrices, so J is what separates the pre-trained psi from HF where VMC starts: J pushes every
 # pair apart over ~a_s and, with no one-body term to compensate, spreads the whole density.
 # With a_s = 1 N2 started VMC +0.66..+0.88 Ha above E_HF (5 runs; mean E_L -V/T = 2.15 against
-# HF's 2.04: ~7 % too diffuse), with 0.3 +0.11 Ha; O +0.14..+0.26 against +0.11
+# HF's 2.04: ~7 % too diffuse), with 0.3 +0.11 Ha (+0.20 with the smooth e-e stream); O
+# +0.14..+0.26 against +0.04 (-0.06 with it)
 # (benchmarks/pretraining_start.py, issue 18, session 13: results/pretraining_start_cpu.txt).
 JASTROW_RANGE_INIT = 0.3
 
