@@ -160,6 +160,18 @@ def _inspect(args) -> int:
     return 0
 
 
+def _models(args) -> int:
+    from hpcwf.models import models_table, shipped_models
+
+    models = shipped_models()
+    if not models:
+        print("no models shipped with this hpcwf")
+        return 0
+    print(models_table(models))
+    print('\nstart a job from one with [init] checkpoint = "model:NAME"; its card says how it was trained')
+    return 0
+
+
 def _line_buffered_stdout() -> None:
     """Every line of stdout reaches its file when printed. Redirected to a file (SLURM's .out)
     Python buffers stdout in 8 KiB blocks: a run's progress lines showed up in chunks, long
@@ -201,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p_in = sub.add_parser("inspect", help="summary of a checkpoint file, with checksum verification")
     p_in.add_argument("checkpoint")
     p_in.set_defaults(func=_inspect)
+    p_md = sub.add_parser("models", help="list the pre-trained models shipped with hpcwf ([init] checkpoint)")
+    p_md.set_defaults(func=_models)
     args = parser.parse_args(argv)
     # `run` handles stop signals from here on, before jax is imported (hpcwf.signals): a
     # signal during start-up or HF exits 75 with one line instead of dying of SIGUSR1's

@@ -60,13 +60,14 @@ from hpcwf.io.hf_cache import HartreeFockCache
 from hpcwf.io.progress import PROGRESS_FILE, RunProgress
 from hpcwf.mcmc import initial_electrons
 from hpcwf.model.geometry import geometry_data
-from hpcwf.model.registry import molecule_shape
+from hpcwf.model.registry import ANSATZ_VERSION, molecule_shape
 from hpcwf.model.wavefunction import (
     Wavefunction,
     build_wavefunction,
     count_parameters,
     init_params,
 )
+from hpcwf.models import checkpoint_source, is_model_reference
 from hpcwf.parallel import ParallelContext, geometry_cost, init_parallel, shard_geometries
 from hpcwf.parallel.sharding import cost_classes, warmup_slots
 from hpcwf.runner import Runner, stage_key
@@ -175,18 +176,27 @@ def params_metadata(cfg: JobConfig) -> dict:
         "n_determinants": cfg.model.n_determinants,
         "basis": cfg.hartree_fock.basis,
         "elements": ",".join(cfg.hartree_fock.elements),
+        "ansatz_version": ANSATZ_VERSION,
     }
 
 
 def read_init_params(path: str | Path, cfg: JobConfig) -> dict:
     """The parameters stored in `path` (nested dicts of numpy arrays); CheckpointError if the
     file is unreadable or was written for another model size, orbital type, number of
-    determinants, basis or element list (no jax work: a quick check before anything runs)."""
+    determinants, basis or element list, or for another version of the ansatz
+    (`hpcwf.model.wavefunction.ANSATZ_VERSION`; a file without it is version 1). No jax work: a
+    quick check before anything runs."""
     loaded, meta = load_params(path)
     expected = params_metadata(cfg)
     for key in ("model_size", "orbitals", "n_determinants", "basis", "elements"):
         if key in meta and str(meta[key]) != str(expected[key]):
             raise CheckpointError(f"{path}: {key} is {meta[key]!r} but this job has {expected[key]!r}")
+    version = int(meta.get("ansatz_version", 1))
+    if version != ANSATZ_VERSION:
+        raise CheckpointError(
+            f"{path}: written for ansatz version {version}, this hpcwf computes version "
+            f"{ANSATZ_VERSION} (the same parameters would give another wavefunction)"
+        )
     return loaded
 
 
@@ -481,7 +491,7 @@ def _run_job(
             )
         )
         outside = ctx.root_decides(lambda: _init_checkpoint_of(cfg, lambda: _coverage(cfg, init_file, log)))
-    elif from_init and not Path(cfg.init.checkpoint).exists():
+    elif from_init and not is_model_reference(cfg.init.checkpoint) and not Path(cfg.init.checkpoint).exists():
         log(
             f"warning: {cfg.job_file}: init.checkpoint: {cfg.init.checkpoint} no longer exists; "
             f"this run resumes from its own checkpoint {resume_path}, which does not need it"
@@ -723,7 +733,7 @@ def _coverage(cfg: JobConfig, init_file: str | None, log: Callable) -> list[int]
 
 def _checked_init_checkpoint(cfg: JobConfig, log: Callable) -> Path:
     """The [init] checkpoint file, read once to refuse a bad one before any compilation."""
-    path = resolve_init_checkpoint(cfg.init.checkpoint, log)
+    path = resolve_init_checkpoint(checkpoint_source(cfg.init.checkpoint), log)
     read_init_params(path, cfg)
     return path
 

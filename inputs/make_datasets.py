@@ -30,6 +30,11 @@ job file's `dataset` key. Experiments (Scherbela, Gerard & Grohs 2023; ../shared
                          compound; O2 is a triplet (spin = 2).
   foundation_finetune    CH4, NH3, H2O and N2 at the exact geometries of their reference
                          energies (one group per molecule: one fine-tuning task each).
+  foundation_small       the shipped model's pre-training set (hpcwf/models/): the paper's six
+                         compounds with at most 14 electrons (CH4, NH3, H2O, C2H2, N2, HCN), the
+                         first 10 geometries of each from foundation.
+  foundation_small_unseen  geometries 10 and 11 of the same six compounds in foundation: unseen
+                         by the shipped model (zero-shot and fine-tuning tests).
   *_cpu                  small subsets (same names and coordinates) for the -cpu jobs.
   accuracy               single systems of benchmarks/accuracy.py: the atoms H..Ne (ground-
                          state spin) and LiH, H2O, N2 at the geometries of their references; one
@@ -80,6 +85,8 @@ HCHAIN_SPACINGS = (1.4, 1.6, 1.8, 2.0, 2.2, 2.4)  # bohr; all pairs d1 <= d2
 HCHAIN_EXTRA_PAIRS = ((1.5, 2.5),)  # bohr; pairs with a reference energy outside the grid
 HCHAIN_EQUIDISTANT = 1.8  # bohr
 H2O_ANGLES = tuple(112.5 + 2.25 * k for k in range(20))  # degrees
+SMALL_FOUNDATION_COMPOUNDS = ("CH4", "NH3", "H2O", "C2H2", "N2", "HCN")  # <= 14 electrons
+SMALL_FOUNDATION_GEOMETRIES = 10  # per compound, of foundation's 20
 FOUNDATION_COMPOUNDS = (
     "CH4", "NH3", "H2O", "C2H2", "N2", "HCN", "C2H4", "N2H2", "CH2NH",
     "O2", "HNO", "CH2O", "C2H6", "N2H4", "CH3NH2", "H2O2", "NH2OH", "CH3OH",
@@ -538,6 +545,14 @@ def datasets() -> dict[str, tuple[str, list[Geometry]]]:
         "foundation_cpu": (
             cpu.format("foundation") + ": 3 compounds x 2 geometries",
             _first_per_group(found, ["CH4", "NH3", "H2O"], 2),
+        ),
+        "foundation_small": (
+            "pre-training set of the shipped model: CH4, NH3, H2O, C2H2, N2, HCN x 10 of foundation",
+            _first_per_group(found, SMALL_FOUNDATION_COMPOUNDS, SMALL_FOUNDATION_GEOMETRIES),
+        ),
+        "foundation_small_unseen": (
+            "geometries 10, 11 of the foundation_small compounds: unseen by the shipped model",
+            [g for grp in SMALL_FOUNDATION_COMPOUNDS for g in [h for h in found if h.group == grp][10:12]],
         ),
         "foundation_finetune": (
             "CH4, NH3, H2O, N2 at the geometries of their reference energies; one group each",

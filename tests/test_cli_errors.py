@@ -119,6 +119,7 @@ def test_init_checkpoint_of_an_older_model_layout_is_refused(tmp_path):
 
     from hpcwf.io.checkpoint import save_params
     from hpcwf.model.geometry import geometry_data
+    from hpcwf.model.registry import ANSATZ_VERSION
     from hpcwf.model.wavefunction import build_wavefunction, init_params
     from hpcwf.systems.hartree_fock import run_hartree_fock
     from hpcwf.systems.molecule import Molecule
@@ -132,7 +133,9 @@ def test_init_checkpoint_of_an_older_model_layout_is_refused(tmp_path):
     assert len(older) < len(flat)
     old = tmp_path / "old.h5"
     save_params(
-        old, traverse_util.unflatten_dict(older), {"model_size": "S", "orbitals": "tao", "n_determinants": 4}
+        old,
+        traverse_util.unflatten_dict(older),
+        {"model_size": "S", "orbitals": "tao", "n_determinants": 4, "ansatz_version": ANSATZ_VERSION},
     )
     job = tmp_path / "job.toml"
     job.write_text(LIH + f'[init]\ncheckpoint = "{old}"\n[output]\ndir = "{tmp_path / "run"}"\n')

@@ -52,11 +52,17 @@ def test_every_experiment_has_jobs():
     assert (REPO / "jobs" / "README.md").is_file()
 
 
+# Jobs that train a model hpcwf ships (hpcwf/models/<name>): sized for 2 CPU cores and hours,
+# one variant only.
+SHIPPED_MODEL_JOBS = {"foundation-small-pretrain": "hcno-s"}
+
+
 def test_all_jobs_load_and_cpu_and_full_variants_pair_up(jobs):
-    cpu = {s.removesuffix("-cpu") for s in jobs if s.endswith("-cpu")}
-    full = {s for s in jobs if not s.endswith("-cpu")}
+    paper = {s: cfg for s, cfg in jobs.items() if s not in SHIPPED_MODEL_JOBS}
+    cpu = {s.removesuffix("-cpu") for s in paper if s.endswith("-cpu")}
+    full = {s for s in paper if not s.endswith("-cpu")}
     assert cpu == full
-    for stem, cfg in jobs.items():
+    for stem, cfg in paper.items():
         assert cfg.output.dir == f"runs/{stem}", stem  # set explicitly, = the job's name
         text = (REPO / "jobs" / f"{stem}.toml").read_text()
         assert text.startswith("# ") and "Paper:" in text and "Wall time:" in text, stem
@@ -67,6 +73,23 @@ def test_all_jobs_load_and_cpu_and_full_variants_pair_up(jobs):
             assert (cfg.optimization.steps <= 1500 or not optimizes) and cfg.pretraining.steps <= 8000, stem
         else:
             assert cfg.model.size == "L" and cfg.optimization.batch_size == 2048, stem
+
+
+def test_shipped_model_jobs_are_the_models_recipe(jobs):
+    """The job that trains a shipped model has its settings (the model card's `jobs/` recipe)."""
+    from hpcwf.models import shipped_models
+
+    shipped = {m.name: m for m in shipped_models([REPO / "hpcwf" / "models"])}
+    for stem, name in SHIPPED_MODEL_JOBS.items():
+        cfg = jobs[stem]
+        assert cfg.output.dir == f"runs/{stem}" and cfg.model.size == "S", stem
+        if name in shipped:  # not yet while its first training runs
+            model = shipped[name]
+            assert model.setting("basis") == cfg.hartree_fock.basis
+            assert model.setting("elements") == ",".join(cfg.hartree_fock.elements)
+            assert model.setting("model_size") == cfg.model.size
+            assert model.setting("n_determinants") == str(cfg.model.n_determinants)
+            assert f"jobs/{stem}.toml" in model.card_path.read_text()
 
 
 def test_finetuning_jobs_match_the_run_they_start_from(jobs):
@@ -92,7 +115,7 @@ def test_full_scale_jobs_use_the_foundation_preset(jobs):
     lr 0.0158 at step 0, one lr reduction); the -cpu ones use the single-molecule preset."""
     n = 0
     for stem, cfg in jobs.items():
-        if cfg.optimization.steps == 0 or cfg.init.mode == "evaluate":
+        if cfg.optimization.steps == 0 or cfg.init.mode == "evaluate" or stem in SHIPPED_MODEL_JOBS:
             continue
         text = (REPO / "jobs" / f"{stem}.toml").read_text()
         if cfg.init.checkpoint:

@@ -698,10 +698,39 @@ def _check_init_checkpoint(cfg: JobConfig) -> None:
     checked when the run starts (it needs h5py); by name alone here, so `hpcwf check` and
     `hpcwf run` decide alike."""
     from hpcwf.io.checkpoint_files import list_checkpoints
+    from hpcwf.models import is_model_reference
 
     source = cfg.init.checkpoint
+    if is_model_reference(source):
+        _check_shipped_model(cfg)
+        return
     if source and not Path(source).exists() and not list_checkpoints(Path(cfg.output.dir) / "checkpoints"):
         raise ConfigError(cfg.job_file, "init.checkpoint", f"checkpoint not found: {source}")
+
+
+def _check_shipped_model(cfg: JobConfig) -> None:
+    """ConfigError when `[init] checkpoint = "model:NAME"` names no shipped model (hpcwf.models)
+    or one whose basis, element layout, model size, orbitals, determinants or ansatz version
+    differ from this job's: its parameters would not fit, or would mean another function."""
+    from hpcwf.models import shipped_model
+
+    try:
+        model = shipped_model(cfg.init.checkpoint)
+        problem = model.mismatch(
+            {
+                "basis": cfg.hartree_fock.basis,
+                "elements": list(cfg.hartree_fock.elements),
+                "model_size": cfg.model.size,
+                "orbitals": cfg.model.orbitals,
+                "n_determinants": cfg.model.n_determinants,
+            }
+        )
+    except KeyError as err:
+        problem = err.args[0]
+    except OSError as err:
+        problem = f"cannot read the shipped model ({err})"
+    if problem:
+        raise ConfigError(cfg.job_file, "init.checkpoint", problem)
 
 
 def _to_toml_value(value: Any) -> Any:

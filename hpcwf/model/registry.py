@@ -17,6 +17,16 @@ from collections.abc import Sequence
 from hpcwf.systems.molecule import Molecule
 from hpcwf.types import OrbitalMapType
 
+# Jax-free here because the job check compares it with shipped models' (hpcwf.models).
+# Version of the function that a parameter tree means, stored with every parameter file and
+# checkpoint ("ansatz_version"): raise it whenever the same parameters would give another psi
+# (a changed constant, input feature or layer), so that an old file is refused in one line
+# instead of loading silently into a different wavefunction.
+#   1  up to 62d0a11: the e-e stream of the embedding saw |r_ij| (a kink at coalescence).
+#   2  5c31903: the e-e stream sees cusp_free_distance(r_ij), e-e cusp from the Jastrow alone.
+# Files without the attribute (written before it existed) are taken as version 1.
+ANSATZ_VERSION = 2
+
 
 @dataclasses.dataclass(frozen=True)
 class OrbitalType:
