@@ -35,6 +35,8 @@ job file's `dataset` key. Experiments (Scherbela, Gerard & Grohs 2023; ../shared
                          first 10 geometries of each from foundation.
   foundation_small_unseen  geometries 10 and 11 of the same six compounds in foundation: unseen
                          by the shipped model (zero-shot and fine-tuning tests).
+  foundation_small_new   compounds of the paper's set with 16 electrons that the shipped model
+                         never saw (C2H4, CH2O, HNO, CH2NH), geometry 00 of foundation each.
   *_cpu                  small subsets (same names and coordinates) for the -cpu jobs.
   accuracy               single systems of benchmarks/accuracy.py: the atoms H..Ne (ground-
                          state spin) and LiH, H2O, N2 at the geometries of their references; one
@@ -65,6 +67,8 @@ that exact geometry (REFERENCES below; inputs/references.md lists them with thei
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,6 +90,7 @@ HCHAIN_EXTRA_PAIRS = ((1.5, 2.5),)  # bohr; pairs with a reference energy outsid
 HCHAIN_EQUIDISTANT = 1.8  # bohr
 H2O_ANGLES = tuple(112.5 + 2.25 * k for k in range(20))  # degrees
 SMALL_FOUNDATION_COMPOUNDS = ("CH4", "NH3", "H2O", "C2H2", "N2", "HCN")  # <= 14 electrons
+NEW_COMPOUNDS = ("C2H4", "CH2O", "HNO", "CH2NH")  # 16 electrons, not in foundation_small
 SMALL_FOUNDATION_GEOMETRIES = 10  # per compound, of foundation's 20
 FOUNDATION_COMPOUNDS = (
     "CH4", "NH3", "H2O", "C2H2", "N2", "HCN", "C2H4", "N2H2", "CH2NH",
@@ -438,6 +443,36 @@ class Geometry:
     spin: int | None = None
 
 
+# What `python inputs/ccsdt_references.py --validate` printed (CBS minus the energies.csv value).
+VALIDATION_NOTE = "H2O -0.2 mHa."
+COMPUTED_CSV = Path(__file__).resolve().parent / "references_ccsdt.csv"
+COMPUTED_SOURCE = "computed with pyscf for this project (inputs/ccsdt_references.py)"
+
+
+def _atoms_key(atoms: Atoms) -> str:
+    """The geometry as its dataset file writes it: inputs/ccsdt_references.py's fingerprint."""
+    return "; ".join(f"{s} " + " ".join(f"{float(_num(x)):.6f}" for x in p) for s, p in atoms)
+
+
+def with_computed_references(geometries: list[Geometry]) -> list[Geometry]:
+    """The geometries, those without a published reference given the all-electron CCSD(T)/CBS
+    energy of inputs/references_ccsdt.csv computed for that name at those exact coordinates."""
+    if not COMPUTED_CSV.is_file():
+        return geometries
+    with open(COMPUTED_CSV, newline="") as f:
+        rows = {(r["name"], r["atoms"]): r for r in csv.DictReader(f)}
+    out = []
+    for g in geometries:
+        row = rows.get((g.name, _atoms_key(g.atoms)))
+        if g.reference is None and row is not None:
+            reference = Reference(
+                float(row["energy"]), "", row["method"], COMPUTED_SOURCE, g.group or g.name, g.name, False
+            )
+            g = dataclasses.replace(g, reference=reference)
+        out.append(g)
+    return out
+
+
 def hchain_pretrain(chains: Sequence[int] = (6, 10)) -> list[Geometry]:
     pairs = [(a, b) for i, a in enumerate(HCHAIN_SPACINGS) for b in HCHAIN_SPACINGS[i:]]
     pairs = sorted(pairs + list(HCHAIN_EXTRA_PAIRS))
@@ -554,6 +589,10 @@ def datasets() -> dict[str, tuple[str, list[Geometry]]]:
             "geometries 10, 11 of the foundation_small compounds: unseen by the shipped model",
             [g for grp in SMALL_FOUNDATION_COMPOUNDS for g in [h for h in found if h.group == grp][10:12]],
         ),
+        "foundation_small_new": (
+            "16-electron compounds unseen by the shipped model: C2H4, CH2O, HNO, CH2NH; one group each",
+            _first_per_group(found, NEW_COMPOUNDS, 1),
+        ),
         "foundation_finetune": (
             "CH4, NH3, H2O, N2 at the geometries of their reference energies; one group each",
             foundation_finetune(["CH4", "NH3", "H2O", "N2"]),
@@ -651,12 +690,30 @@ def references_text(used: dict[Reference, list[str]]) -> str:
         "|---|---|---|---|---|",
     ]
     for ref, names in used.items():
-        if ref.in_energies_csv:
+        if ref.in_energies_csv or ref.source == COMPUTED_SOURCE:
             continue
         lines.append(
             f"| {ref.energy!r} | {ref.method} | {ref.source} | {ref.system}, {ref.geometry} "
             f"| {', '.join(sorted(set(names)))} |"
         )
+    computed = [(ref, names) for ref, names in used.items() if ref.source == COMPUTED_SOURCE]
+    if computed:
+        lines += [
+            "",
+            "## Computed for this project",
+            "",
+            "All-electron CCSD(T), cc-pCVTZ and cc-pCVQZ (cc-pVTZ, cc-pVQZ on H), extrapolated to",
+            "the basis-set limit (HF: Karton & Martin 2006; correlation: X^-3, Helgaker et al. 1997),",
+            "with pyscf by `inputs/ccsdt_references.py` (values in `inputs/references_ccsdt.csv`).",
+            "Checked on the equilibrium molecules of energies.csv (`--validate`): " + VALIDATION_NOTE,
+            "",
+            "| energy (Ha) | method | compound | attached to |",
+            "|---|---|---|---|",
+        ]
+        for ref, names in computed:
+            lines.append(
+                f"| {ref.energy!r} | {ref.method} | {ref.system} | {', '.join(sorted(set(names)))} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -668,6 +725,7 @@ def write_all(root: Path) -> list[Path]:
     written: list[Path] = []
     used: dict[Reference, list[str]] = {}  # in order of first use
     for stem, (description, geometries) in datasets().items():
+        geometries = with_computed_references(geometries)
         path = out / f"{stem}.toml"
         path.write_text(dataset_text(stem, description, geometries), encoding="utf-8", newline="\n")
         written.append(path)
