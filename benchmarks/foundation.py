@@ -86,6 +86,12 @@ def ship(run_dir: Path, name: str, hardware: str) -> Path:
     rank0 = np.asarray(run.train.get("rank", np.zeros_like(step_time)), float) == 0
     wall_h = float(np.nansum(step_time[rank0])) / 3600.0
     groups = sorted({str(g.get("group") or g.get("name")) for g in training})
+    # One training geometry's energy as the model's own runs measured it (the mean of its last
+    # training steps): the suite evaluates the shipped model there and must find it again.
+    from hpcwf.analysis.report import geometry_results
+
+    trained = [r for r in geometry_results(run_dir) if r["energy"] is not None and r["error"] is not None]
+    check = min(trained, key=lambda r: (r["error"], r["name"]))
     matched = ("model_size", "orbitals", "n_determinants", "basis", "elements")
     metadata = {key: attrs[key] for key in matched if key in attrs}
     metadata.update(
@@ -97,6 +103,10 @@ def ship(run_dir: Path, name: str, hardware: str) -> Path:
         hardware=hardware,
         training_set=f"{len(training)} geometries of {', '.join(groups)}",
         source_checkpoint=source.name,
+        check_geometry=check["name"],
+        check_energy=round(float(check["energy"]), 6),
+        check_error=round(float(check["error"]), 6),
+        check_steps=int(check["steps_trained"]),
     )
     out = MODELS / name / "params.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
