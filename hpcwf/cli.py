@@ -64,6 +64,7 @@ def _run(args) -> int:
 
 def _check(args) -> int:
     from hpcwf.io.config import geometry_groups
+    from hpcwf.models import is_model_reference, shipped_model
 
     cfg = _selected_job(args)
     if args.run_dir:
@@ -75,6 +76,13 @@ def _check(args) -> int:
         f"model {cfg.model.size}/{cfg.model.orbitals}, {o.steps} steps x {o.batch_size} walkers "
         f"({o.optimizer}, schedule {o.schedule}), run dir {cfg.output.dir}"
     )
+    if is_model_reference(cfg.init.checkpoint):
+        model = shipped_model(cfg.init.checkpoint)
+        md = model.metadata
+        print(
+            f"init: model {model.name} ({cfg.init.mode}): {md.get('optimization_steps', '?')} VMC steps on "
+            f"{md.get('training_set', '?')}; card {model.card_path}"
+        )
     return 0
 
 
