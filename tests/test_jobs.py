@@ -195,8 +195,18 @@ def test_cpu_datasets_are_subsets_of_the_full_ones():
 
 @pytest.mark.skipif(not ENERGIES_CSV.is_file(), reason="shared/reference/energies.csv not available")
 def test_reference_energies_come_from_energies_csv(jobs):
+    """... or from the CCSD(T)/CBS values computed here (inputs/references_ccsdt.csv), each
+    attached with its method and source in the dataset file."""
     with ENERGIES_CSV.open() as fh:
         known = {float(row["energy_Ha"]) for row in csv.DictReader(fh)}
+    with (INPUTS / "references_ccsdt.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    computed = {float(row["energy"]) for row in rows if row["method"].startswith("CCSD(T)/CBS")}
+    known |= computed
+    for dataset in (INPUTS / "datasets").glob("*.toml"):
+        for line in dataset.read_text().splitlines():
+            if line.startswith("reference_energy = ") and float(line.split()[2]) in computed:
+                assert "computed with pyscf for this project (inputs/ccsdt_references.py)" in line
     geoms = itertools.chain.from_iterable(cfg.geometries for cfg in jobs.values())
     used = {m.reference_energy for m in geoms if m.reference_energy is not None}
     assert used and used <= known
