@@ -151,10 +151,10 @@ def test_the_shipped_model_loads_by_name_and_gives_its_training_energy(tmp_path)
     import tomllib
 
     from hpcwf.analysis.report import geometry_results
-    from hpcwf.models import shipped_models
+    from hpcwf.models import MODELS_DIR, shipped_models
 
     repo = Path(__file__).resolve().parents[1]
-    models = shipped_models([repo / "hpcwf" / "models"])
+    models = shipped_models([MODELS_DIR])  # where `hpcwf run` finds them (installed or editable)
     assert models, "hpcwf ships at least one model"
     model = models[0]
     listed = subprocess.run([sys.executable, "-m", "hpcwf", "models"], capture_output=True, text=True)
